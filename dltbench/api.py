@@ -1,0 +1,241 @@
+"""The contracts: Task, Method, the run Context, Evaluation and the Result record.
+
+A task owns its data and its evaluator; a method only sees the training view the
+task hands it and returns an artifact (a model, a sampler's draws, ...). The harness
+(:mod:`dltbench.runner`) calls, for one cell::
+
+    data = task.prepare(config, data_ctx)             # harness-owned data and splits
+    artifact = task.fit(method, data, config, method_ctx)   # the plug-in, train view only
+    evaluation = task.evaluate(artifact, data, config, eval_ctx)  # standardized evaluator
+
+``method_ctx`` and ``eval_ctx`` carry independent random streams derived from the
+cell's seed, so the evaluation's randomness is fixed by the harness and never seen
+by the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+PROFILES: tuple[str, ...] = ("quick", "standard", "paper")
+STATUSES: tuple[str, ...] = ("ok", "failed", "timeout", "invalid")
+
+
+class InvalidArtifact(Exception):
+    """A method returned something the evaluator refuses to score (wrong shape, NaN, over budget)."""
+
+
+class DataMissing(Exception):
+    """A dataset the profile needs is not under --data-dir; the message says what to put where."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One leaderboard metric: its name, direction, unit and meaning."""
+
+    name: str
+    higher_is_better: bool
+    unit: str
+    description: str
+
+
+@dataclass
+class Context:
+    """What a task step may use: device, its own random streams, data dir and progress."""
+
+    seed: int
+    device: torch.device
+    data_dir: Path | None = None
+    progress: Callable[[str, int, int], None] = field(default=lambda desc, done, total: None)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        self.rng = np.random.default_rng(self.seed)
+
+    def device_generator(self) -> torch.Generator:
+        """A torch generator on ``self.device`` seeded from this context (for noise drawn there)."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(self.rng.integers(2**62)))
+        return gen
+
+
+@dataclass
+class Evaluation:
+    """What an evaluator returns: scalar metrics, whole curves and the estimator's parameters."""
+
+    metrics: dict[str, float]
+    curves: dict[str, Any] = field(default_factory=dict)
+    estimator: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """Base of every method. Subclass the task's protocol class, not this one.
+
+    Hyper-parameters are plain constructor arguments stored on attributes of the same
+    name (scikit-learn's convention); the record stores them verbatim. ``name`` and
+    ``task`` are set by :func:`dltbench.register_method`; ``version`` is yours to bump
+    when the method's behaviour changes.
+    """
+
+    name: ClassVar[str] = ""
+    task: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+
+    @classmethod
+    def description(cls) -> str:
+        """The first line of the class docstring."""
+        doc = inspect.getdoc(cls) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments and their current values, JSON-ready."""
+        params = {}
+        for pname, p in inspect.signature(type(self).__init__).parameters.items():
+            if pname == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            params[pname] = getattr(self, pname, p.default)
+        return params
+
+
+class Task(ABC):
+    """Base of every task: its configs per profile, data, method protocol and evaluator."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    description: ClassVar[str] = ""
+    method_type: ClassVar[type[Method]] = Method
+    #: The protocol method a plug-in must implement, e.g. "train".
+    protocol: ClassVar[str] = ""
+    primary_metric: ClassVar[str] = ""
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+    #: Config fields that split the leaderboard into rows besides method and profile.
+    setting_keys: ClassVar[tuple[str, ...]] = ("dataset",)
+
+    @abstractmethod
+    def configs(self, profile: str) -> list[Any]:
+        """The configs (frozen dataclasses) of a profile: one per setting, e.g. per sigma."""
+
+    def smoke(self, config: Any) -> Any:
+        """A tiny version of ``config`` for ``dltbench validate`` and tests."""
+        return config
+
+    def check_data(self, config: Any, data_dir: Path | None) -> None:
+        """Raise DataMissing (saying what to put where) if ``config``'s data is not available."""
+
+    @abstractmethod
+    def prepare(self, config: Any, ctx: Context) -> Any:
+        """Load or generate the data of ``config``; the method will see only its train view."""
+
+    @abstractmethod
+    def fit(self, method: Method, data: Any, config: Any, ctx: Context) -> Any:
+        """Call the method's protocol on the train view and return its artifact."""
+
+    @abstractmethod
+    def evaluate(self, artifact: Any, data: Any, config: Any, ctx: Context) -> Evaluation:
+        """Verify the artifact (raise InvalidArtifact) and score it on the test data."""
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of the primary metric."""
+        return self.metric(self.primary_metric).higher_is_better
+
+    def metric(self, name: str) -> MetricSpec:
+        """The spec of a metric by name."""
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(f"task {self.name!r} has no metric {name!r}")
+
+    def setting_of(self, config: Any) -> dict[str, Any]:
+        """The values of ``setting_keys`` in ``config``."""
+        cfg = config_dict(config)
+        return {k: cfg[k] for k in self.setting_keys}
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass (or mapping) as a plain JSON-ready dict."""
+    if dataclasses.is_dataclass(config):
+        return jsonable(dataclasses.asdict(config))
+    if isinstance(config, Mapping):
+        return jsonable(dict(config))
+    raise TypeError(f"a config must be a dataclass or a mapping, not {type(config).__name__}")
+
+
+def jsonable(obj: Any) -> Any:
+    """Turn tuples, numpy and torch scalars and paths into JSON types; NaN/inf become None."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray | torch.Tensor):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return repr(obj)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short sha256 of the canonical JSON of ``obj``."""
+    blob = json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+@dataclass
+class Result:
+    """One cell's record: everything its numbers depend on. Written as one JSON line."""
+
+    id: str
+    task: str
+    task_version: str
+    method: str
+    method_version: str
+    method_source_hash: str
+    method_params: dict[str, Any]
+    method_origin: str
+    profile: str
+    setting: dict[str, Any]
+    config: dict[str, Any]
+    config_hash: str
+    seed: int
+    status: str
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    curves: dict[str, Any] = field(default_factory=dict)
+    estimator: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    wall_time_s: float = 0.0
+    peak_memory_mb: float | None = None
+    device: str = ""
+    dltbench_version: str = ""
+    git_commit: str | None = None
+    python_version: str = ""
+    torch_version: str = ""
+    hostname: str = ""
+    timestamp: str = ""
+
+    def to_json(self) -> str:
+        """One line of JSON."""
+        return json.dumps(jsonable(dataclasses.asdict(self)), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Result:
+        """Rebuild from a parsed JSON line, ignoring unknown keys (newer writers)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

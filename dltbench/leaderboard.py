@@ -1,0 +1,142 @@
+"""Leaderboards, built only from Result records.
+
+One row per (method, profile, setting) where a setting is the task's ``setting_keys``
+(e.g. dataset and sigma). For each seed the newest ``ok`` record counts; a row never
+mixes code or config versions: only the records whose config hash, method version and
+source hash equal the newest record's are aggregated.
+
+Columns, in this order:
+
+``rank``            1 = best by the task's primary metric, within (profile, setting)
+``method``          registered method name; ``method_version``
+``profile``         quick | standard | paper; then the setting columns
+``<metric>_mean``   mean over seeds, for every metric the task declares
+``<metric>_std``    sample std over seeds (ddof=1; empty with one seed)
+``n_seeds``, ``seeds``, ``records`` (ids of the records behind the row), ``config_hash``
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from .api import Result, Task
+from .store import atomic_write_text
+
+
+def build(task: Task, records: list[Result]) -> pd.DataFrame:
+    """The leaderboard of ``task`` from its records (a DataFrame in the documented column order)."""
+    groups: dict[tuple, dict[int, Result]] = {}
+    for r in records:
+        if r.task != task.name or r.status != "ok":
+            continue
+        key = (r.method, r.profile, json.dumps(r.setting, sort_keys=True))
+        groups.setdefault(key, {})[r.seed] = r  # file order is time order: newest wins
+    rows = []
+    for (method, profile, _), by_seed in groups.items():
+        newest = max(by_seed.values(), key=lambda r: r.timestamp)
+        same = sorted(
+            (r for r in by_seed.values() if _version_key(r) == _version_key(newest)),
+            key=lambda r: r.seed,
+        )
+        row = {"method": method, "method_version": newest.method_version, "profile": profile}
+        row.update({k: newest.setting.get(k) for k in task.setting_keys})
+        for spec in task.metrics:
+            vals = [r.metrics.get(spec.name) for r in same]
+            vals = [float("nan") if v is None else float(v) for v in vals]
+            s = pd.Series(vals, dtype=float)
+            row[f"{spec.name}_mean"] = s.mean()
+            row[f"{spec.name}_std"] = s.std(ddof=1) if len(s) > 1 else float("nan")
+        row["n_seeds"] = len(same)
+        row["seeds"] = " ".join(str(r.seed) for r in same)
+        row["records"] = " ".join(r.id for r in same)
+        row["config_hash"] = newest.config_hash
+        rows.append(row)
+    columns = _columns(task)
+    df = pd.DataFrame(rows, columns=[c for c in columns if c != "rank"])
+    return task_rank(task, df)[columns] if len(df) else pd.DataFrame(columns=columns)
+
+
+def _version_key(r: Result) -> tuple:
+    return (r.config_hash, r.method_version, r.method_source_hash)
+
+
+def _columns(task: Task) -> list[str]:
+    metric_cols = [c for s in task.metrics for c in (f"{s.name}_mean", f"{s.name}_std")]
+    return [
+        "rank", "method", "method_version", "profile", *task.setting_keys, *metric_cols,
+        "n_seeds", "seeds", "records", "config_hash",
+    ]  # fmt: skip
+
+
+def task_rank(task: Task, df: pd.DataFrame) -> pd.DataFrame:
+    """Rank rows within each (profile, setting) by the primary metric's mean; NaN ranks last."""
+    by = ["profile", *task.setting_keys]
+    col = f"{task.primary_metric}_mean"
+    df = df.copy()
+    df["rank"] = (
+        df.groupby(by, dropna=False)[col]
+        .rank(ascending=not task.higher_is_better, method="min", na_option="bottom")
+        .astype(int)
+    )
+    return df.sort_values([*by, "rank", "method"], kind="stable").reset_index(drop=True)
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """CSV text with full float precision."""
+    return df.to_csv(index=False, float_format="%.10g")
+
+
+def to_markdown(task: Task, df: pd.DataFrame) -> str:
+    """A Markdown page: title, the primary metric, a table of mean ± std, the metric legend."""
+    lines = [
+        f"# Leaderboard: `{task.name}` (task version {task.version})",
+        "",
+        f"Ranked by **{task.primary_metric}** "
+        f"({'higher' if task.higher_is_better else 'lower'} is better) within each profile "
+        "and setting. Mean ± sample std over seeds; built from the records in "
+        f"`results/{task.name}.jsonl` by `dltbench leaderboard --task {task.name}`.",
+        "",
+        compact(task, df, tablefmt="github"),
+        "",
+        "| metric | better | unit | meaning |",
+        "|---|---|---|---|",
+    ]
+    for s in task.metrics:
+        arrow = "higher" if s.higher_is_better else "lower"
+        lines.append(f"| `{s.name}` | {arrow} | {s.unit} | {s.description} |")
+    return "\n".join(lines) + "\n"
+
+
+def compact(task: Task, df: pd.DataFrame, tablefmt: str = "simple") -> str:
+    """A readable table: one ``mean ± std`` cell per metric."""
+    if df.empty:
+        return "(no successful records yet)"
+    out = df[["rank", "method", "profile", *task.setting_keys]].copy()
+    for s in task.metrics:
+        out[s.name] = [
+            _pm(m, sd) for m, sd in zip(df[f"{s.name}_mean"], df[f"{s.name}_std"], strict=True)
+        ]
+    out["n_seeds"] = df["n_seeds"]
+    return tabulate(out, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True)
+
+
+def _pm(mean: float, std: float) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.4g}"
+    return f"{mean:.4g} ± {std:.2g}"
+
+
+def write(task: Task, df: pd.DataFrame, leaderboard_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``<task>.csv`` and ``<task>.md`` atomically; returns both paths."""
+    d = Path(leaderboard_dir)
+    csv_path, md_path = d / f"{task.name}.csv", d / f"{task.name}.md"
+    atomic_write_text(csv_path, to_csv(df))
+    atomic_write_text(md_path, to_markdown(task, df))
+    return csv_path, md_path

@@ -1,0 +1,1 @@
+"""Evaluator building blocks shared by tasks, usable as a library."""

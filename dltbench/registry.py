@@ -1,0 +1,262 @@
+"""One registry for tasks and methods, filled three ways.
+
+1. Built-ins: every subpackage of :mod:`dltbench.tasks` is imported on first use; its
+   ``__init__`` registers the task and its methods with the same decorators a third
+   party uses.
+2. Installed plugins: the entry-point groups ``dltbench.tasks`` and ``dltbench.methods``
+   of any installed package. An entry point names a module (imported, so that its
+   decorators run) or a ``module:Class`` (registered if it is not already).
+3. Files: ``--plugin path/to/file.py`` imports a file that is not installed.
+
+A plugin is checked when it registers (base class, protocol method, JSON-ready
+constructor defaults), not when it crashes mid-run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import pkgutil
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .api import Method, Task, jsonable
+
+T = TypeVar("T")
+
+_TASKS: dict[str, type[Task]] = {}
+_METHODS: dict[tuple[str, str], type[Method]] = {}
+_ORIGIN: dict[tuple[str, str], str] = {}
+_loaded_builtins: set[str] = set()
+_loaded_entry_points = False
+_current_origin = "builtin"
+
+
+class RegistryError(Exception):
+    """A name that is unknown, registered twice, or a plugin that breaks its protocol."""
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{hint} Valid names: {', '.join(sorted(choices)) or '(none)'}."
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: register a Task subclass under its ``name``."""
+    if not (inspect.isclass(cls) and issubclass(cls, Task)):
+        raise RegistryError(f"{cls!r} is not a dltbench.Task subclass")
+    if not cls.name:
+        raise RegistryError(f"task class {cls.__name__} has no `name`")
+    if cls.name in _TASKS and _TASKS[cls.name] is not cls:
+        raise RegistryError(f"task {cls.name!r} is registered twice")
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def register_method(task: str, name: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: register a method for ``task`` under ``name``.
+
+    Example::
+
+        @dltbench.register_method(task="certified", name="my-noise")
+        class MyNoise(CertifiedMethod):
+            def train(self, data, config, ctx): ...
+    """
+
+    def decorator(cls: type[T]) -> type[T]:
+        _add_method(cls, task, name)
+        return cls
+
+    return decorator
+
+
+def _add_method(cls: Any, task: str, name: str) -> None:
+    key = (task, name)
+    old = _METHODS.get(key)
+    # The same class imported again (a spawned cell re-loading a plugin) is not a clash.
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise RegistryError(
+            f"method {name!r} of task {task!r} is registered twice "
+            f"({_ORIGIN[key]} and {_current_origin})"
+        )
+    cls.name, cls.task = name, task
+    problems = check_method_class(cls, task)
+    if problems:
+        raise RegistryError(f"method {name!r} for task {task!r} is not valid: " + "; ".join(problems))
+    _METHODS[key] = cls
+    _ORIGIN[key] = _current_origin
+
+
+def check_method_class(cls: Any, task: str) -> list[str]:
+    """Protocol checks of a method class against its task; an empty list means it conforms."""
+    problems: list[str] = []
+    if not inspect.isclass(cls) or not issubclass(cls, Method):
+        return [f"{cls!r} is not a subclass of dltbench.Method"]
+    task_cls = _TASKS.get(task)
+    if task_cls is None:
+        return problems  # the task may register later (plugin order); checked again at use
+    if not issubclass(cls, task_cls.method_type):
+        problems.append(
+            f"{cls.__name__} must subclass {task_cls.method_type.__module__}."
+            f"{task_cls.method_type.__name__}"
+        )
+    proto = getattr(cls, task_cls.protocol, None)
+    if proto is None or getattr(proto, "__isabstractmethod__", False):
+        problems.append(f"{cls.__name__} does not implement `{task_cls.protocol}`")
+    if inspect.isabstract(cls) and not problems:
+        problems.append(f"{cls.__name__} is abstract: {sorted(cls.__abstractmethods__)}")
+    for pname, p in inspect.signature(cls.__init__).parameters.items():
+        if pname == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is inspect.Parameter.empty:
+            problems.append(f"constructor argument {pname!r} needs a default")
+        elif jsonable(p.default) != p.default and not isinstance(p.default, tuple):
+            problems.append(f"default of {pname!r} is not JSON-ready: {p.default!r}")
+    return problems
+
+
+def load_builtins(task: str | None = None) -> None:
+    """Import the built-in task packages (all, or just ``task``'s) so they register."""
+    from . import tasks as tasks_pkg
+
+    names = [m.name for m in pkgutil.iter_modules(tasks_pkg.__path__) if m.ispkg]
+    for name in names if task is None else [n for n in names if n == task]:
+        if name not in _loaded_builtins:
+            _loaded_builtins.add(name)
+            importlib.import_module(f"{tasks_pkg.__name__}.{name}")
+
+
+def load_entry_points() -> None:
+    """Load the ``dltbench.tasks`` and ``dltbench.methods`` entry points of installed packages."""
+    global _loaded_entry_points, _current_origin
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for group in ("dltbench.tasks", "dltbench.methods"):
+        for ep in entry_points(group=group):
+            _current_origin = f"entry-point {ep.name} = {ep.value}"
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                raise RegistryError(f"plugin entry point {ep.value!r} failed to import: {exc}") from exc
+            finally:
+                _current_origin = "builtin"
+            _register_loaded(obj, f"entry-point {ep.value}")
+
+
+def _register_loaded(obj: Any, origin: str) -> None:
+    """An entry point may name a class that does not decorate itself: register it here."""
+    if inspect.isclass(obj) and issubclass(obj, Task):
+        register_task(obj)
+    elif inspect.isclass(obj) and issubclass(obj, Method) and (obj.task, obj.name) not in _METHODS:
+        if not (obj.task and obj.name):
+            raise RegistryError(f"{origin}: method class {obj.__name__} needs `task` and `name`")
+        global _current_origin
+        _current_origin = origin
+        try:
+            _add_method(obj, obj.task, obj.name)
+        finally:
+            _current_origin = "builtin"
+
+
+def load_plugin_file(path: str | Path) -> list[tuple[str, str]]:
+    """Import a plugin file; returns the (task, method) keys it registered."""
+    global _current_origin
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise RegistryError(f"plugin file {str(path)!r} does not exist")
+    load_builtins()
+    before = set(_METHODS)
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    modname = f"dltbench_plugin_{path.stem}_{digest}"
+    if modname in sys.modules:
+        return [k for k, o in _ORIGIN.items() if o == f"file {path}"]
+    spec = importlib.util.spec_from_file_location(modname, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    _current_origin = f"file {path}"
+    try:
+        spec.loader.exec_module(module)
+    except RegistryError:
+        del sys.modules[modname]
+        raise
+    except Exception as exc:
+        del sys.modules[modname]
+        raise RegistryError(
+            f"plugin {path.name} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        _current_origin = "builtin"
+    added = [k for k in _METHODS if k not in before]
+    if not added:
+        raise RegistryError(
+            f"plugin {path.name} registered no method: decorate a class with "
+            "@dltbench.register_method(task=..., name=...)"
+        )
+    return added
+
+
+def discover(task: str | None = None, plugin_files: tuple[str, ...] | list[str] = ()) -> None:
+    """Make every source of tasks and methods known (built-ins, entry points, files)."""
+    load_builtins(task)
+    load_entry_points()
+    for f in plugin_files:
+        load_plugin_file(f)
+
+
+def get_task(name: str) -> Task:
+    """An instance of the task ``name``; a clear error with the valid names if unknown."""
+    load_builtins(name)
+    if name not in _TASKS:
+        discover()
+    if name not in _TASKS:
+        raise RegistryError(f"unknown task {name!r}." + _did_you_mean(name, list(_TASKS)))
+    return _TASKS[name]()
+
+
+def task_names() -> list[str]:
+    """All registered task names, sorted."""
+    discover()
+    return sorted(_TASKS)
+
+
+def method_names(task: str) -> list[str]:
+    """Names of the methods registered for ``task``, sorted."""
+    return sorted(n for t, n in _METHODS if t == task)
+
+
+def get_method_class(task: str, name: str) -> type[Method]:
+    """The class registered as ``name`` for ``task``, checked against the task's protocol."""
+    if (task, name) not in _METHODS:
+        raise RegistryError(
+            f"unknown method {name!r} for task {task!r}." + _did_you_mean(name, method_names(task))
+        )
+    cls = _METHODS[(task, name)]
+    problems = check_method_class(cls, task)
+    if problems:
+        raise RegistryError(f"method {name!r}: " + "; ".join(problems))
+    return cls
+
+
+def method_origin(task: str, name: str) -> str:
+    """Where a method came from: builtin, an entry point, or a plugin file."""
+    return _ORIGIN[(task, name)]
+
+
+def source_hash(cls: type) -> str:
+    """sha256 of the source of the module that defines ``cls`` (what its numbers depend on)."""
+    module = sys.modules.get(cls.__module__)
+    try:
+        src = inspect.getsource(module) if module else inspect.getsource(cls)
+    except (OSError, TypeError):
+        src = json.dumps([cls.__module__, cls.__qualname__])
+    return hashlib.sha256(src.encode()).hexdigest()[:16]

@@ -1,0 +1,339 @@
+"""Cells and their execution: one process per cell, a timeout, nothing lost on a crash.
+
+A cell is one (task, method, profile, setting, seed). :func:`execute_cell` runs one in
+the current process and always returns a Result (``ok``, ``failed`` or ``invalid``);
+:func:`run_cells` runs many, each in a child process with a deadline, records a
+``timeout`` or a crash of the child (out of memory, segfault) itself, appends every
+record as it arrives, and skips cells already recorded ``ok`` with the same config
+hash, method source hash and seed (resume) unless ``force``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import re
+import resource
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__, registry
+from .api import Context, InvalidArtifact, Method, Result, Task, config_dict, stable_hash
+from .store import append_result, read_results
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work; its identity is (config_hash, method_source_hash, seed)."""
+
+    task: str
+    method: str
+    profile: str
+    config: Any
+    seed: int
+
+    def label(self, task: Task) -> str:
+        """A short human name, e.g. ``gaussian-aug sigma=0.25 seed=0``."""
+        setting = " ".join(f"{k}={v}" for k, v in task.setting_of(self.config).items())
+        return f"{self.method} {setting} seed={self.seed}"
+
+
+@dataclass
+class RunOptions:
+    """How cells run: device, parallelism, timeout and where records go."""
+
+    device: str = "auto"
+    jobs: int = 1
+    timeout_s: float = 1800.0
+    force: bool = False
+    results_dir: Path = Path("results")
+    data_dir: Path | None = None
+    plugin_files: tuple[str, ...] = ()
+    in_process: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``1.5h``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read duration {text!r}: use e.g. 90s, 10m or 1h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def plan(task: Task, methods: list[str], profile: str, seeds: list[int], smoke: bool = False) -> list[Cell]:
+    """All cells of a run, settings outermost so that a setting's methods finish together."""
+    configs = task.configs(profile)
+    if smoke:
+        configs = [task.smoke(c) for c in configs]
+    return [
+        Cell(task.name, m, profile, cfg, s) for cfg in configs for m in methods for s in seeds
+    ]
+
+
+def identity(task: Task, cell: Cell) -> dict[str, Any]:
+    """The record fields that say which code and config produced a cell's numbers."""
+    cls = registry.get_method_class(task.name, cell.method)
+    params = cls().get_params()
+    cfg = config_dict(cell.config)
+    return {
+        "method_version": str(cls.version),
+        "method_source_hash": registry.source_hash(cls),
+        "method_params": params,
+        "method_origin": registry.method_origin(task.name, cell.method),
+        "config": cfg,
+        "setting": task.setting_of(cell.config),
+        "config_hash": stable_hash(
+            [task.name, task.version, cell.profile, cfg, cell.method, cls.version, params]
+        ),
+    }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+    return dev
+
+
+def cell_contexts(seed: int, device: torch.device, data_dir: Path | None, progress: ProgressFn):
+    """Independent data, method and evaluation contexts derived from one cell seed."""
+    data_s, method_s, eval_s = (
+        int(s.generate_state(1, np.uint64)[0] % 2**62) for s in np.random.SeedSequence(seed).spawn(3)
+    )
+    return tuple(Context(s, device, data_dir, progress) for s in (data_s, method_s, eval_s))
+
+
+def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = None) -> Result:
+    """Run one cell in this process; every exception becomes a ``failed``/``invalid`` record."""
+    task = registry.get_task(cell.task)
+    ident = identity(task, cell)
+    progress = progress or (lambda desc, done, total: None)
+    start = time.perf_counter()
+    status, error, evaluation, device = "ok", None, None, None
+    try:
+        device = resolve_device(opts.device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        data_ctx, method_ctx, eval_ctx = cell_contexts(cell.seed, device, opts.data_dir, progress)
+        data = task.prepare(cell.config, data_ctx)
+        method: Method = registry.get_method_class(task.name, cell.method)()
+        torch.manual_seed(method_ctx.seed)
+        artifact = task.fit(method, data, cell.config, method_ctx)
+        torch.manual_seed(eval_ctx.seed)
+        evaluation = task.evaluate(artifact, data, cell.config, eval_ctx)
+    except InvalidArtifact as exc:
+        status, error = "invalid", str(exc)
+    except Exception as exc:  # a plug-in may raise anything; the run must go on
+        tb = traceback.format_exc(limit=-6)
+        status, error = "failed", f"{type(exc).__name__}: {exc}\n{tb}"
+    wall = time.perf_counter() - start
+    return _record(task, cell, ident, status, error, evaluation, wall, device or opts.device)
+
+
+def _record(task, cell, ident, status, error, evaluation, wall, device) -> Result:
+    gpu_mb = None
+    if isinstance(device, torch.device) and device.type == "cuda":
+        gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    estimator = dict(evaluation.estimator) if evaluation else {}
+    if gpu_mb is not None:
+        estimator["peak_gpu_memory_mb"] = gpu_mb
+    return Result(
+        id=uuid.uuid4().hex[:12],
+        task=task.name,
+        task_version=task.version,
+        method=cell.method,
+        profile=cell.profile,
+        seed=cell.seed,
+        status=status,
+        error=error,
+        metrics=dict(evaluation.metrics) if evaluation else {},
+        curves=dict(evaluation.curves) if evaluation else {},
+        estimator=estimator,
+        wall_time_s=round(wall, 3),
+        peak_memory_mb=round(rss_mb, 1),
+        device=str(device),
+        **ident,
+        **provenance(),
+    )
+
+
+@lru_cache(maxsize=1)
+def _static_provenance() -> dict[str, Any]:
+    return {
+        "dltbench_version": __version__,
+        "git_commit": git_commit(),
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "hostname": socket.gethostname(),
+    }
+
+
+def provenance() -> dict[str, Any]:
+    """Versions, git commit, host and a UTC timestamp for a record."""
+    return {**_static_provenance(), "timestamp": datetime.now(timezone.utc).isoformat()}
+
+
+def git_commit() -> str | None:
+    """The commit of the dltbench source tree (``+dirty`` if modified), or None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()  # fmt: skip
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
+    """Entry point of a cell's process: run it, send progress and the record back."""
+    torch.set_num_threads(n_threads)
+    registry.discover(cell.task, opts.plugin_files)  # a spawned child starts empty
+
+    def progress(desc: str, done: int, total: int) -> None:
+        conn.send(("progress", desc, done, total))
+
+    result = execute_cell(cell, opts, progress)
+    conn.send(("result", result))
+    conn.close()
+
+
+def _start_method(device: str) -> str:
+    # fork is instant and inherits plugins, but CUDA cannot be used after a fork once
+    # the parent touched it, and macOS/Windows lack a safe fork: spawn there.
+    gpu_possible = device != "cpu" and torch.backends.cuda.is_built() and Path("/dev/nvidiactl").exists()
+    return "fork" if sys.platform.startswith("linux") and not gpu_possible else "spawn"
+
+
+@dataclass
+class _Running:
+    cell: Cell
+    ident: dict
+    proc: Any
+    conn: Any
+    deadline: float
+    start: float
+    result: Result | None = None
+
+
+def pending_cells(task: Task, cells: list[Cell], opts: RunOptions) -> tuple[list[Cell], list[Result]]:
+    """Split cells into those to run and the existing ``ok`` records that make the rest redundant."""
+    if opts.force:
+        return list(cells), []
+    done: dict[tuple, Result] = {}
+    for r in read_results(opts.results_dir, task.name):
+        if r.status == "ok":
+            done[(r.config_hash, r.method_source_hash, r.seed)] = r
+    todo, kept = [], []
+    for c in cells:
+        ident = identity(task, c)
+        hit = done.get((ident["config_hash"], ident["method_source_hash"], c.seed))
+        (kept.append(hit) if hit else todo.append(c))
+    return todo, kept
+
+
+def run_cells(
+    task: Task,
+    cells: list[Cell],
+    opts: RunOptions,
+    on_progress: Callable[[Cell, str, int, int], None] | None = None,
+    on_start: Callable[[Cell], None] | None = None,
+    on_result: Callable[[Cell, Result], None] | None = None,
+) -> list[Result]:
+    """Run ``cells`` (already filtered for resume), ``opts.jobs`` at a time; append each record."""
+    results: list[Result] = []
+
+    def finish(cell: Cell, result: Result) -> None:
+        append_result(opts.results_dir, result)
+        results.append(result)
+        if on_result:
+            on_result(cell, result)
+
+    if opts.in_process:
+        for cell in cells:
+            on_start and on_start(cell)
+            cb = (lambda d, i, n, c=cell: on_progress(c, d, i, n)) if on_progress else None
+            finish(cell, execute_cell(cell, opts, cb))
+        return results
+
+    ctx = mp.get_context(_start_method(opts.device))
+    jobs = max(1, opts.jobs)
+    n_threads = max(1, (os.cpu_count() or 1) // jobs)
+    queue, running = list(cells), []
+    while queue or running:
+        while queue and len(running) < jobs:
+            cell = queue.pop(0)
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_child, args=(cell, opts, send, n_threads), daemon=True)
+            proc.start()
+            send.close()
+            now = time.monotonic()
+            running.append(_Running(cell, identity(task, cell), proc, recv, now + opts.timeout_s, now))
+            on_start and on_start(cell)
+        time.sleep(0.05)
+        for run in list(running):
+            _drain(run, on_progress)
+            if run.result is not None or not run.proc.is_alive():
+                run.proc.join(timeout=5)
+                _drain(run, on_progress)
+                result = run.result or _crashed(task, run)
+                running.remove(run)
+                finish(run.cell, result)
+            elif time.monotonic() > run.deadline:
+                run.proc.kill()
+                run.proc.join()
+                running.remove(run)
+                wall = time.monotonic() - run.start
+                msg = f"timed out after {opts.timeout_s:g}s (--timeout)"
+                finish(run.cell, _record(task, run.cell, run.ident, "timeout", msg, None, wall, opts.device))
+    return results
+
+
+def _drain(run: _Running, on_progress) -> None:
+    try:
+        while run.conn.poll():
+            msg = run.conn.recv()
+            if msg[0] == "progress" and on_progress:
+                on_progress(run.cell, *msg[1:])
+            elif msg[0] == "result":
+                run.result = msg[1]
+    except (EOFError, OSError):
+        pass
+
+
+def _crashed(task: Task, run: _Running) -> Result:
+    code = run.proc.exitcode
+    why = f"the cell's process died with exit code {code}"
+    if code is not None and code < 0:
+        why = f"the cell's process was killed by signal {-code}"
+        if -code == 9:
+            why += " (SIGKILL: often the out-of-memory killer)"
+    wall = time.monotonic() - run.start
+    return _record(task, run.cell, run.ident, "failed", why, None, wall, "unknown")

@@ -1,0 +1,189 @@
+"""The ``certified`` task: certified accuracy vs l2 radius under randomized smoothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ... import data as datasets
+from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task
+from ...models import accuracy
+from ...registry import register_task
+from .smoothing import ABSTAIN, certified_accuracy, certify_batch, predict_batch
+
+#: Radii reported as leaderboard columns (l2, in the [0, 1] pixel scale) for every profile.
+LEADERBOARD_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class CertifiedConfig:
+    """Everything one cell's numbers depend on besides the method and the seed.
+
+    Radii are l2 distances in the [0, 1] pixel scale.
+    """
+
+    dataset: str
+    sigma: float  # smoothing noise std; methods are told it and may train for it
+    n0: int  # selection samples
+    n: int  # estimation samples
+    alpha: float  # failure probability of each certificate
+    n_predict: int  # samples for PREDICT (the smoothed classifier's clean accuracy)
+    test_stride: int  # certify every test_stride-th test point
+    max_test_points: int  # cap on certified points (after striding)
+    batch_size: int  # noisy inputs per forward pass
+    epochs: int  # training budget, in passes over the training split
+    radius_max: float  # the stored curve covers radii 0..radius_max
+    radius_step: float
+
+
+_PROFILES = {
+    "quick": dict(dataset="digits", sigmas=(0.25, 0.5), n0=100, n=2000, alpha=0.001,
+                  n_predict=1000, test_stride=3, max_test_points=180, batch_size=4000,
+                  epochs=30, radius_max=2.0, radius_step=0.05),
+    "standard": dict(dataset="mnist", sigmas=(0.25, 0.5, 1.0), n0=100, n=10_000, alpha=0.001,
+                     n_predict=10_000, test_stride=10, max_test_points=1000, batch_size=4000,
+                     epochs=20, radius_max=4.0, radius_step=0.05),
+    # Cohen et al. 2019, CIFAR-10: n0=100, n=100000, alpha=0.001, every 20th test image.
+    "paper": dict(dataset="cifar10", sigmas=(0.12, 0.25, 0.5, 1.0), n0=100, n=100_000,
+                  alpha=0.001, n_predict=100_000, test_stride=20, max_test_points=500,
+                  batch_size=1000, epochs=90, radius_max=4.0, radius_step=0.05),
+}  # fmt: skip
+
+
+class CertifiedMethod(Method):
+    """Protocol of a ``certified`` method: train a base classifier for noise level sigma."""
+
+    @abstractmethod
+    def train(self, data: datasets.ImageDataset, config: CertifiedConfig, ctx: Context) -> nn.Module:
+        """Return a base classifier: an nn.Module mapping (N, C, H, W) in [0, 1] to logits (N, K).
+
+        ``data`` holds only the training split (``data.test`` is None); ``config.sigma``
+        is the noise level the harness will smooth with; ``config.epochs`` the budget;
+        ``ctx`` gives the device and this cell's random generators.
+        """
+
+
+@register_task
+class CertifiedTask(Task):
+    """Certified l2 robustness by randomized smoothing (Cohen et al. 2019): CERTIFY on test points."""
+
+    name = "certified"
+    version = "1"
+    description = "certified accuracy vs l2 radius under randomized smoothing (Cohen et al. 2019)"
+    method_type = CertifiedMethod
+    protocol = "train"
+    primary_metric = "acr"
+    setting_keys = ("dataset", "sigma")
+    metrics = (
+        MetricSpec("acr", True, "l2 radius", "average certified radius (0 if wrong or abstain)"),
+        *(
+            MetricSpec(f"certified_acc@{r:g}", True, "fraction",
+                       f"approximate certified accuracy at l2 radius {r:g}")
+            for r in LEADERBOARD_RADII
+        ),
+        MetricSpec("abstain_rate", False, "fraction", "CERTIFY abstained (pA lower bound < 1/2)"),
+        MetricSpec("smoothed_clean_acc", True, "fraction",
+                   "PREDICT accuracy (abstain counts as wrong) on the certified points"),
+        MetricSpec("base_clean_acc", True, "fraction", "base classifier accuracy, all test points"),
+        MetricSpec("throughput", True, "noisy forwards/s", "certification speed on this device"),
+    )  # fmt: skip
+
+    def configs(self, profile: str) -> list[CertifiedConfig]:
+        """One config per sigma of ``profile``."""
+        if profile not in _PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(_PROFILES)}")
+        p = dict(_PROFILES[profile])
+        sigmas = p.pop("sigmas")
+        return [CertifiedConfig(sigma=s, **p) for s in sigmas]
+
+    def smoke(self, config: CertifiedConfig) -> CertifiedConfig:
+        """A seconds-long version: few points, few samples, one epoch."""
+        return dataclasses.replace(
+            config, n0=20, n=200, n_predict=100, max_test_points=10, epochs=1, batch_size=500
+        )
+
+    def check_data(self, config: CertifiedConfig, data_dir) -> None:
+        """Fail early, with what to put where, if the dataset is missing."""
+        datasets.load(config.dataset, data_dir)
+
+    def prepare(self, config: CertifiedConfig, ctx: Context) -> datasets.ImageDataset:
+        """The dataset with its fixed split."""
+        ctx.progress("load data", 0, 1)
+        return datasets.load(config.dataset, ctx.data_dir)
+
+    def fit(self, method: CertifiedMethod, data, config: CertifiedConfig, ctx: Context) -> nn.Module:
+        """Train the base classifier on the training split only."""
+        return method.train(dataclasses.replace(data, test=None), config, ctx)
+
+    def evaluate(self, artifact, data, config: CertifiedConfig, ctx: Context) -> Evaluation:
+        """CERTIFY and PREDICT the smoothed classifier on the fixed test points."""
+        model = check_classifier(artifact, data, config, ctx)
+        idx = np.arange(0, len(data.test), config.test_stride)[: config.max_test_points]
+        x = data.test.x[idx].to(ctx.device)
+        y = data.test.y[idx].numpy()
+        gen = ctx.device_generator()
+        labels = np.empty(0, dtype=np.int64)
+        radii = np.empty(0)
+        chunk = max(1, config.batch_size // 50)  # points per progress update
+        start = time.perf_counter()
+        for i in range(0, len(idx), chunk):
+            lab, rad, _ = certify_batch(
+                model, x[i : i + chunk], config.sigma, config.n0, config.n, config.alpha,
+                config.batch_size, gen,
+            )  # fmt: skip
+            labels, radii = np.concatenate([labels, lab]), np.concatenate([radii, rad])
+            ctx.progress("certify", min(i + chunk, len(idx)), len(idx))
+        seconds = time.perf_counter() - start
+        pred = predict_batch(model, x, config.sigma, config.n_predict, config.alpha, config.batch_size, gen)
+        grid = np.round(np.arange(0.0, config.radius_max + 1e-9, config.radius_step), 6)
+        correct = labels == y
+        metrics = {
+            "acr": float(np.mean(np.where(correct, radii, 0.0))),
+            **{f"certified_acc@{r:g}": certified_accuracy(labels, radii, y, r) for r in LEADERBOARD_RADII},
+            "abstain_rate": float(np.mean(labels == ABSTAIN)),
+            "smoothed_clean_acc": float(np.mean(pred == y)),
+            "base_clean_acc": accuracy(model, data.test, ctx.device),
+            "throughput": len(idx) * (config.n0 + config.n) / seconds,
+        }
+        curves = {
+            "radius": grid.tolist(),
+            "certified_accuracy": [certified_accuracy(labels, radii, y, r) for r in grid],
+            "per_point": {"index": idx.tolist(), "label": y.tolist(),
+                          "predicted": labels.tolist(), "radius": radii.tolist()},
+        }  # fmt: skip
+        estimator = {
+            "procedure": "CERTIFY and PREDICT of Cohen et al. 2019",
+            "confidence_bound": "one-sided Clopper-Pearson lower bound at level 1 - alpha",
+            "sigma": config.sigma, "n0": config.n0, "n": config.n, "alpha": config.alpha,
+            "n_predict": config.n_predict, "test_points": len(idx),
+            "test_selection": f"every {config.test_stride}th test point, first {config.max_test_points}",
+            "radius_norm": "l2, pixels in [0, 1]",
+        }  # fmt: skip
+        return Evaluation(metrics, curves, estimator)
+
+
+def check_classifier(artifact, data, config: CertifiedConfig, ctx: Context) -> nn.Module:
+    """The harness's checks of a returned base classifier; raises InvalidArtifact with the reason."""
+    if not isinstance(artifact, nn.Module):
+        raise InvalidArtifact(f"train() must return a torch.nn.Module, got {type(artifact).__name__}")
+    model = artifact.to(ctx.device).eval()
+    x = data.test.x[:8].to(ctx.device)
+    probe = torch.cat([x, x + config.sigma * torch.randn(x.shape, generator=ctx.generator).to(x)])
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as exc:
+        raise InvalidArtifact(f"the model failed on a batch of shape {tuple(probe.shape)}: {exc}") from exc
+    k = data.num_classes
+    if not isinstance(out, torch.Tensor) or out.shape != (len(probe), k):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InvalidArtifact(f"the model must return logits of shape ({len(probe)}, {k}), got {shape}")
+    if not torch.isfinite(out).all():
+        raise InvalidArtifact("the model returned non-finite logits (NaN or inf)")
+    return model

@@ -1,0 +1,64 @@
+"""Conformance checks of a method against its task's protocol (``dltbench validate``).
+
+Use from pytest in a plugin's own tests::
+
+    from dltbench.testing import assert_conforms
+    def test_my_method():
+        assert_conforms("certified", "my-noise")
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import registry
+from .api import PROFILES
+from .runner import RunOptions, execute_cell, plan
+
+
+@dataclass
+class Check:
+    """One conformance check: what was checked, whether it passed, and why not."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+def check_method(task_name: str, method_name: str, data_dir: Path | None = None) -> list[Check]:
+    """Run every conformance check of ``method_name`` for ``task_name``; stops at the first failure."""
+    checks: list[Check] = []
+    task = registry.get_task(task_name)
+    try:
+        cls = registry.get_method_class(task_name, method_name)
+    except registry.RegistryError as exc:
+        return [Check("follows the task's protocol", False, str(exc))]
+    proto = f"subclasses {task.method_type.__name__} and implements `{task.protocol}`"
+    checks.append(Check(proto, True))
+    try:
+        params = cls().get_params()
+        json.dumps(params)
+        checks.append(Check("constructs with defaults; params are JSON-ready", True, str(params)))
+    except Exception as exc:
+        checks.append(Check("constructs with defaults; params are JSON-ready", False, f"{type(exc).__name__}: {exc}"))
+        return checks
+    checks.append(Check("has a one-line description (class docstring)", bool(cls.description()),
+                        "" if cls.description() else "add a docstring to the class"))  # fmt: skip
+    cell = plan(task, [method_name], PROFILES[0], [0], smoke=True)[0]
+    result = execute_cell(cell, RunOptions(device="cpu", data_dir=data_dir, in_process=True))
+    detail = (result.error or "").strip().splitlines()
+    checks.append(Check(
+        f"trains and is scored on a tiny `{PROFILES[0]}` configuration",
+        result.status == "ok",
+        f"status {result.status}: " + (detail[0] if detail else "") if result.status != "ok"
+        else ", ".join(f"{k}={v:.4g}" for k, v in list(result.metrics.items())[:3] if v is not None),
+    ))  # fmt: skip
+    return checks
+
+
+def assert_conforms(task_name: str, method_name: str) -> None:
+    """Raise AssertionError listing every failed check (for plugin authors' pytest suites)."""
+    failed = [c for c in check_method(task_name, method_name) if not c.ok]
+    assert not failed, "; ".join(f"{c.name}: {c.detail}" for c in failed)
