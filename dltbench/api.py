@@ -146,6 +146,17 @@ class Task(ABC):
     def evaluate(self, artifact: Any, data: Any, config: Any, ctx: Context) -> Evaluation:
         """Verify the artifact (raise InvalidArtifact) and score it on the test data."""
 
+    def adjust_leaderboard(
+        self, df: Any, records: list[Result], load: Callable[[str], list[Result]]
+    ) -> Any:
+        """Hook: change the aggregated leaderboard (a DataFrame) before it is ranked.
+
+        A task may add columns, lower a number with evidence from another task's
+        records (``load(task_name)`` reads them from the same results dir), or add an
+        ``eligible`` (bool) and ``excluded_reason`` column: only eligible rows are ranked.
+        """
+        return df
+
     @property
     def higher_is_better(self) -> bool:
         """Direction of the primary metric."""

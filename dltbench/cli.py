@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     results = _run_with_progress(task, todo, opts)
     bad = [r for r in results if r.status != "ok"]
-    df = leaderboard.build(task, read_results(args.results_dir, task.name))
+    df = _build(task, args.results_dir)
     csv_path, md_path = leaderboard.write(task, df, args.leaderboard_dir)
     out.print(leaderboard.compact(task, df))
     err.print(f"records: {args.results_dir / (task.name + '.jsonl')}  leaderboard: {csv_path}, {md_path}")
@@ -201,6 +201,12 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
         return run_cells(task, cells, opts, on_progress, on_start, on_result)
 
 
+def _build(task: Task, results_dir: Path):
+    return leaderboard.build(
+        task, read_results(results_dir, task.name), lambda name: read_results(results_dir, name)
+    )
+
+
 def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
@@ -214,7 +220,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         raise UsageError(
             f"no records in {args.results_dir / (task.name + '.jsonl')}: run `dltbench run --task {task.name}` first"
         )
-    df = leaderboard.build(task, records)
+    df = _build(task, args.results_dir)
     if not args.no_write:
         leaderboard.write(task, df, args.leaderboard_dir)
     text = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -28,8 +29,13 @@ from .api import Result, Task
 from .store import atomic_write_text
 
 
-def build(task: Task, records: list[Result]) -> pd.DataFrame:
-    """The leaderboard of ``task`` from its records (a DataFrame in the documented column order)."""
+def build(
+    task: Task, records: list[Result], load: Callable[[str], list[Result]] | None = None
+) -> pd.DataFrame:
+    """The leaderboard of ``task`` from its records (a DataFrame in the documented column order).
+
+    ``load(task_name)`` gives other tasks' records to :meth:`Task.adjust_leaderboard`.
+    """
     groups: dict[tuple, dict[int, Result]] = {}
     for r in records:
         if r.task != task.name or r.status != "ok":
@@ -58,6 +64,8 @@ def build(task: Task, records: list[Result]) -> pd.DataFrame:
         rows.append(row)
     columns = _columns(task)
     df = pd.DataFrame(rows, columns=[c for c in columns if c != "rank"])
+    df = task.adjust_leaderboard(df, records, load or (lambda name: []))
+    columns += [c for c in df.columns if c not in columns]
     return task_rank(task, df)[columns] if len(df) else pd.DataFrame(columns=columns)
 
 
@@ -74,16 +82,24 @@ def _columns(task: Task) -> list[str]:
 
 
 def task_rank(task: Task, df: pd.DataFrame) -> pd.DataFrame:
-    """Rank rows within each (profile, setting) by the primary metric's mean; NaN ranks last."""
+    """Rank rows within each (profile, setting) by the primary metric's mean; NaN ranks last.
+
+    Rows whose ``eligible`` column is False get no rank and sort after the ranked ones.
+    """
     by = ["profile", *task.setting_keys]
-    col = f"{task.primary_metric}_mean"
     df = df.copy()
+    key = df[f"{task.primary_metric}_mean"].astype(float)
+    if "eligible" in df.columns:
+        key = key.where(df["eligible"].astype(bool))
+    df["_key"] = key
     df["rank"] = (
-        df.groupby(by, dropna=False)[col]
-        .rank(ascending=not task.higher_is_better, method="min", na_option="bottom")
-        .astype(int)
+        df.groupby(by, dropna=False)["_key"]
+        .rank(ascending=not task.higher_is_better, method="min", na_option="keep")
+        .astype("Int64")
     )
-    return df.sort_values([*by, "rank", "method"], kind="stable").reset_index(drop=True)
+    df["_unranked"] = df["rank"].isna()
+    df = df.sort_values([*by, "_unranked", "rank", "method"], kind="stable")
+    return df.drop(columns=["_key", "_unranked"]).reset_index(drop=True)
 
 
 def to_csv(df: pd.DataFrame) -> str:
@@ -117,11 +133,14 @@ def compact(task: Task, df: pd.DataFrame, tablefmt: str = "simple") -> str:
     if df.empty:
         return "(no successful records yet)"
     out = df[["rank", "method", "profile", *task.setting_keys]].copy()
+    out["rank"] = ["" if pd.isna(r) else str(r) for r in df["rank"]]
     for s in task.metrics:
         out[s.name] = [
             _pm(m, sd) for m, sd in zip(df[f"{s.name}_mean"], df[f"{s.name}_std"], strict=True)
         ]
     out["n_seeds"] = df["n_seeds"]
+    if "excluded_reason" in df.columns:
+        out["excluded_reason"] = df["excluded_reason"].fillna("")
     return tabulate(out, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True)
 
 

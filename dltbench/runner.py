@@ -80,8 +80,8 @@ def parse_duration(text: str) -> float:
 def plan(task: Task, methods: list[str], profile: str, seeds: list[int], smoke: bool = False) -> list[Cell]:
     """All cells of a run, settings outermost so that a setting's methods finish together."""
     configs = task.configs(profile)
-    if smoke:
-        configs = [task.smoke(c) for c in configs]
+    if smoke:  # recorded under their own profile name so they never mix into real rows
+        configs, profile = [task.smoke(c) for c in configs], f"{profile}-smoke"
     return [
         Cell(task.name, m, profile, cfg, s) for cfg in configs for m in methods for s in seeds
     ]
