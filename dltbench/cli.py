@@ -30,7 +30,7 @@ already recorded `ok` with the same config, method source and seed; --force reru
 Exit status: 0 all cells ok, 1 some cell failed/timed out/was invalid, 2 bad input.
 """
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 

@@ -1,0 +1,132 @@
+"""The real `dltbench` command end to end on the certified task (smoke configs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dltbench.cli import main
+from tests.conftest import ROOT, cli_args
+
+PLUGINS = Path(__file__).parent / "plugins"
+EXAMPLE = ROOT / "examples" / "certified-label-smoothing" / "dltbench_label_smoothing.py"
+
+
+def records(dirs) -> list[dict]:
+    path = dirs["results"] / "certified.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run(dirs, *extra: str) -> int:
+    return main(["run", "--task", "certified", "--smoke", *cli_args(dirs), *extra])
+
+
+def test_run_writes_records_and_leaderboards_then_resumes_and_forces(dirs, capsys):
+    assert run(dirs, "--method", "standard", "gaussian-aug") == 0
+    recs = records(dirs)
+    assert len(recs) == 4 and {r["status"] for r in recs} == {"ok"}
+    r = recs[0]
+    for key in ("config_hash", "method_source_hash", "git_commit", "torch_version", "python_version",
+                "device", "hostname", "wall_time_s", "peak_memory_mb", "timestamp", "seed"):
+        assert key in r
+    assert {"n0", "n", "alpha", "sigma", "test_points"} <= set(r["estimator"])
+    assert 0.0 <= r["metrics"]["acr"] and len(r["curves"]["radius"]) == len(r["curves"]["certified_accuracy"])
+    board = pd.read_csv(dirs["leaderboards"] / "certified.csv")
+    assert set(board["method"]) == {"standard", "gaussian-aug"} and set(board["sigma"]) == {0.25, 0.5}
+    assert (dirs["leaderboards"] / "certified.md").read_text().startswith("# Leaderboard: `certified`")
+    capsys.readouterr()
+
+    assert run(dirs, "--method", "standard", "gaussian-aug") == 0  # resume: nothing reruns
+    assert len(records(dirs)) == 4
+    assert "4 already recorded" in capsys.readouterr().err
+
+    assert run(dirs, "--method", "standard", "--force") == 0
+    assert len(records(dirs)) == 6
+
+
+def test_failures_are_recorded_and_the_run_goes_on(dirs, capsys):
+    code = run(
+        dirs, "--plugin", str(PLUGINS / "failing.py"), "--plugin", str(PLUGINS / "nan_model.py"),
+        "--method", "test-raises", "test-nan", "standard",
+    )  # fmt: skip
+    assert code == 1
+    by_method = {}
+    for r in records(dirs):
+        by_method.setdefault(r["method"], set()).add(r["status"])
+    assert by_method == {"test-raises": {"failed"}, "test-nan": {"invalid"}, "standard": {"ok"}}
+    failed = next(r for r in records(dirs) if r["method"] == "test-raises")
+    assert "planted failure" in failed["error"]
+    assert "did not succeed" in capsys.readouterr().err
+    board = pd.read_csv(dirs["leaderboards"] / "certified.csv")
+    assert set(board["method"]) == {"standard"}
+
+
+def test_a_hanging_cell_times_out(dirs):
+    code = run(dirs, "--plugin", str(PLUGINS / "hangs.py"), "--method", "test-hangs", "--timeout", "3s")
+    assert code == 1
+    recs = records(dirs)
+    assert {r["status"] for r in recs} == {"timeout"} and len(recs) == 2
+    assert "timed out after 3s" in recs[0]["error"]
+
+
+def test_parallel_jobs(dirs):
+    assert run(dirs, "--method", "standard", "--seeds", "0", "1", "--jobs", "2") == 0
+    assert sorted((r["seed"], r["setting"]["sigma"]) for r in records(dirs)) == [
+        (0, 0.25), (0, 0.5), (1, 0.25), (1, 0.5)
+    ]  # fmt: skip
+    board = pd.read_csv(dirs["leaderboards"] / "certified.csv")
+    assert list(board["n_seeds"]) == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["run", "--task", "certifed"], "Did you mean 'certified'"),
+        (["run", "--task", "certified", "--method", "gausian-aug"], "Did you mean 'gaussian-aug'"),
+        (["run", "--task", "certified", "--plugin", str(PLUGINS / "broken_import.py")], "failed to import"),
+        (["run", "--task", "certified", "--plugin", str(PLUGINS / "no_protocol.py")], "does not implement `train`"),
+        (["run", "--task", "certified", "--profile", "standard"], "--data-dir"),
+        (["run", "--task", "certified", "--profile", "standard", "--data-dir", "/nonexistent"], "MNIST/raw"),
+        (["run", "--task", "certified", "--timeout", "soon"], "cannot read duration"),
+        (["leaderboard", "--task", "certified", "--results-dir", "/nonexistent"], "no records"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_leaderboard_is_regenerated_from_records(dirs, capsys):
+    assert run(dirs, "--method", "standard") == 0
+    csv = (dirs["leaderboards"] / "certified.csv").read_text()
+    (dirs["leaderboards"] / "certified.csv").unlink()
+    capsys.readouterr()
+    assert main(["leaderboard", "--task", "certified", "--format", "csv", *cli_args(dirs)]) == 0
+    assert capsys.readouterr().out == csv
+    assert (dirs["leaderboards"] / "certified.csv").read_text() == csv
+
+
+def test_validate_passes_the_example_and_explains_failures(capsys):
+    assert main(["validate", "--task", "certified", "--plugin", str(EXAMPLE)]) == 0
+    assert main(["validate", "--task", "certified", "--plugin", str(PLUGINS / "nan_model.py")]) == 1
+    out = capsys.readouterr().out
+    assert "non-finite logits" in out and "got (16, 3)" in out
+
+
+def test_list_shows_tasks_methods_and_plugins(capsys):
+    assert main(["list", "--task", "certified", "--plugin", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    for name in ("certified", "standard", "gaussian-aug", "consistency", "label-smoothing"):
+        assert name in out
+
+
+def test_help_documents_every_verb(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for verb in ("list", "run", "leaderboard", "validate"):
+        assert verb in out
