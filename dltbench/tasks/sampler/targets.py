@@ -1,0 +1,410 @@
+"""Harness-owned targets: batched densities with exact (or stored reference) moments.
+
+Every target works on a batch of points ``x`` of shape (n, dim), one row per chain, in
+float64. It gives ``log_prob(x) -> (n,)``, ``grad_log_prob(x) -> (n, dim)``,
+``log_prob_and_grad(x)``, the first two moments of each coordinate (``mean``, ``var``),
+a suggested init distribution (Stan's: uniform(-2, 2) per coordinate), and where they
+exist exact Gaussian full conditionals (Gibbs) or minibatch gradients (SGLD).
+
+Every public evaluation is counted in the process-wide :data:`LEDGER`, whichever
+instance it is called on, so a sampler that builds its own copy of a target and
+evaluates it "outside" the view it was given is still charged. Samplers only receive a
+:class:`TargetView` (no moments, no exact sampler).
+
+Example::
+
+    t = make_target("funnel-d10")
+    x = t.init(4, torch.Generator().manual_seed(0))
+    lp, g = t.log_prob_and_grad(x)       # (4,), (4, 10); LEDGER["grad"] += 4
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+#: Evaluations per chain-row since the last reset: density, grad, conditional, data_grad, iid.
+LEDGER: Counter = Counter()
+DTYPE = torch.float64
+_REFERENCE_FILE = Path(__file__).with_name("reference_moments.json")
+
+
+def evaluation_cost(counts: dict[str, float], dim: int, n_data: int | None) -> float:
+    """Total cost in density-or-gradient evaluations (per chain-row, summed over chains).
+
+    A density, a gradient, or a joint density+gradient call at one point costs 1; a
+    full-conditional draw of one coordinate costs 1/dim (a sweep costs one evaluation);
+    one data point's likelihood gradient costs 1/n_data (a full batch costs one).
+    """
+    cost = counts.get("density", 0) + counts.get("grad", 0) + counts.get("conditional", 0) / dim
+    if n_data:
+        cost += counts.get("data_grad", 0) / n_data
+    return float(cost)
+
+
+class Target:
+    """Base of a target; subclasses implement ``_log_prob`` and ``_grad`` on (n, dim) float64."""
+
+    name: str = ""
+    dim: int = 0
+    normalized: bool = True  # log_prob includes the normalizing constant
+    exact: bool = True  # moments are exact (False: stored reference moments with their SEs)
+    capabilities: frozenset[str] = frozenset({"gradient"})
+    n_data: int | None = None
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.mean_se = torch.zeros(self.dim, dtype=DTYPE)
+        self.var_se = torch.zeros(self.dim, dtype=DTYPE)
+
+    # -- counted public API -------------------------------------------------------------
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log density (nats) at each row of ``x`` (n, dim); shape (n,)."""
+        LEDGER["density"] += _rows(x, self.dim)
+        return self._log_prob(x)
+
+    def grad_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Gradient of the log density at each row of ``x``; shape (n, dim)."""
+        LEDGER["grad"] += _rows(x, self.dim)
+        return self._grad(x)
+
+    def log_prob_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both at once; counted as one gradient evaluation per row."""
+        LEDGER["grad"] += _rows(x, self.dim)
+        return self._log_prob(x), self._grad(x)
+
+    def conditional(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (each (n,)) of the Gaussian full conditional of coordinate ``i``."""
+        if "conditionals" not in self.capabilities:
+            raise NotImplementedError(f"target {self.name!r} has no Gaussian full conditionals")
+        LEDGER["conditional"] += _rows(x, self.dim)
+        return self._conditional(x, i)
+
+    def minibatch_grad(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Unbiased gradient estimate from the data points ``idx`` (prior + N/|idx| * likelihood)."""
+        if "minibatch" not in self.capabilities:
+            raise NotImplementedError(f"target {self.name!r} has no data to subsample")
+        LEDGER["data_grad"] += _rows(x, self.dim) * len(idx)
+        return self._minibatch_grad(x, idx)
+
+    def sample_iid(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Exact iid draws (n, dim), for tests; a sampler calling it is marked invalid."""
+        LEDGER["iid"] += n
+        return self._sample_iid(n, generator)
+
+    # -- harness side -------------------------------------------------------------------
+    def init(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Stan's default inits: uniform(-2, 2) per coordinate, (n, dim) on the target's device."""
+        u = torch.rand(n, self.dim, generator=generator, dtype=DTYPE)
+        return (4.0 * u - 2.0).to(self.device)
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _grad(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _conditional(self, x, i):
+        raise NotImplementedError
+
+    def _minibatch_grad(self, x, idx):
+        raise NotImplementedError
+
+    def _sample_iid(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError(f"target {self.name!r} has no exact sampler")
+
+
+def _rows(x: torch.Tensor, dim: int) -> int:
+    if x.dim() != 2 or x.shape[1] != dim:
+        raise ValueError(f"expected points of shape (n, {dim}), got {tuple(x.shape)}")
+    return int(x.shape[0])
+
+
+def _randn(n: int, d: int, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.randn(n, d, generator=generator, dtype=DTYPE).to(device)
+
+
+class GaussianTarget(Target):
+    """N(mean, cov) given by its eigen-decomposition cov = Q diag(lam) Q^T."""
+
+    capabilities = frozenset({"gradient", "conditionals"})
+
+    def __init__(self, name: str, mean: torch.Tensor, q: torch.Tensor, lam: torch.Tensor, device="cpu"):
+        self.name, self.dim = name, len(mean)
+        super().__init__(device)
+        cov = (q * lam) @ q.T
+        self.mean, self.var = mean.clone(), torch.diagonal(cov).clone()
+        self.cond = float(lam.max() / lam.min())
+        self._mu = mean.to(self.device)
+        self._prec = ((q / lam) @ q.T).to(self.device)
+        self._chol = (q * lam.sqrt()).to(self.device)  # x = mu + Q sqrt(lam) z
+        self._logz = -0.5 * (self.dim * math.log(2 * math.pi) + float(torch.log(lam).sum()))
+
+    def _log_prob(self, x):
+        r = x - self._mu
+        return -0.5 * ((r @ self._prec) * r).sum(1) + self._logz
+
+    def _grad(self, x):
+        return -(x - self._mu) @ self._prec
+
+    def _conditional(self, x, i):
+        p_ii = self._prec[i, i]
+        r = x - self._mu
+        # sum over j != i of P_ij (x_j - mu_j), without materialising the mask
+        s = r @ self._prec[:, i] - p_ii * r[:, i]
+        return self._mu[i] - s / p_ii, torch.full_like(s, float(p_ii.rsqrt()))
+
+    def _sample_iid(self, n, generator):
+        return self._mu + _randn(n, self.dim, generator, self.device) @ self._chol.T
+
+
+def isotropic_gaussian(dim: int, device="cpu") -> GaussianTarget:
+    """N(0, I_dim)."""
+    eye = torch.eye(dim, dtype=DTYPE)
+    return GaussianTarget(f"gaussian-d{dim}", torch.zeros(dim, dtype=DTYPE), eye, torch.ones(dim, dtype=DTYPE), device)
+
+
+def ill_conditioned_gaussian(dim: int, condition: float = 100.0, device="cpu") -> GaussianTarget:
+    """N(0, Q diag(lam) Q^T): variances log-spaced in [1/condition, 1], a fixed random rotation Q."""
+    gen = torch.Generator().manual_seed(20240601 + dim)  # part of the target's definition
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=DTYPE))
+    lam = torch.logspace(-math.log10(condition), 0.0, dim, dtype=DTYPE)
+    return GaussianTarget(f"ill-gaussian-d{dim}", torch.zeros(dim, dtype=DTYPE), q, lam, device)
+
+
+class Funnel(Target):
+    """Neal's funnel: x0 ~ N(0, 3^2), x_i | x0 ~ N(0, exp(x0)); sd(x_i) = exp(2.25)."""
+
+    def __init__(self, dim: int = 10, device="cpu"):
+        self.name, self.dim = f"funnel-d{dim}", dim
+        super().__init__(device)
+        self.mean = torch.zeros(dim, dtype=DTYPE)
+        # E[x_i^2] = E[exp(x0)] = exp(9 / 2), the lognormal mean
+        self.var = torch.full((dim,), math.exp(4.5), dtype=DTYPE)
+        self.var[0] = 9.0
+
+    def _log_prob(self, x):
+        x0, xs = x[:, 0], x[:, 1:]
+        k = self.dim - 1
+        return (
+            -0.5 * x0**2 / 9.0 - 0.5 * math.log(2 * math.pi * 9.0)
+            - 0.5 * (xs**2).sum(1) * torch.exp(-x0) - 0.5 * k * x0 - 0.5 * k * math.log(2 * math.pi)
+        )  # fmt: skip
+
+    def _grad(self, x):
+        x0, xs = x[:, 0], x[:, 1:]
+        e = torch.exp(-x0)
+        g0 = -x0 / 9.0 + 0.5 * (xs**2).sum(1) * e - 0.5 * (self.dim - 1)
+        return torch.cat([g0[:, None], -xs * e[:, None]], 1)
+
+    def _sample_iid(self, n, generator):
+        z = _randn(n, self.dim, generator, self.device)
+        x0 = 3.0 * z[:, :1]
+        return torch.cat([x0, z[:, 1:] * torch.exp(0.5 * x0)], 1)
+
+
+class Banana(Target):
+    """Rosenbrock-type banana (Haario et al. 1999): x0 ~ N(0, a^2), x1 | x0 ~ N(b (x0^2 - a^2), 1).
+
+    The other coordinates are N(0, 1). Exact moments: mean 0, var(x0) = a^2,
+    var(x1) = 1 + 2 b^2 a^4.
+    """
+
+    def __init__(self, dim: int = 2, a: float = 1.0, b: float = 1.0, device="cpu"):
+        self.name, self.dim, self.a, self.b = f"banana-d{dim}", dim, a, b
+        super().__init__(device)
+        self.mean = torch.zeros(dim, dtype=DTYPE)
+        self.var = torch.ones(dim, dtype=DTYPE)
+        self.var[0], self.var[1] = a**2, 1.0 + 2.0 * b**2 * a**4
+
+    def _log_prob(self, x):
+        a, b = self.a, self.b
+        r = x[:, 1] - b * (x[:, 0] ** 2 - a**2)
+        return (
+            -0.5 * x[:, 0] ** 2 / a**2 - math.log(a) - 0.5 * r**2 - 0.5 * (x[:, 2:] ** 2).sum(1)
+            - 0.5 * self.dim * math.log(2 * math.pi)
+        )  # fmt: skip
+
+    def _grad(self, x):
+        a, b = self.a, self.b
+        r = x[:, 1] - b * (x[:, 0] ** 2 - a**2)
+        g = -x.clone()
+        g[:, 0] = -x[:, 0] / a**2 + 2.0 * b * x[:, 0] * r
+        g[:, 1] = -r
+        return g
+
+    def _sample_iid(self, n, generator):
+        z = _randn(n, self.dim, generator, self.device)
+        x = z.clone()
+        x[:, 0] = self.a * z[:, 0]
+        x[:, 1] = z[:, 1] + self.b * (x[:, 0] ** 2 - self.a**2)
+        return x
+
+
+class Mixture(Target):
+    """0.5 N(-s e0, I) + 0.5 N(s e0, I): two modes 2s standard deviations apart along x0."""
+
+    def __init__(self, dim: int = 2, separation: float = 4.0, device="cpu"):
+        self.name, self.dim, self.s = f"mixture-d{dim}", dim, separation
+        super().__init__(device)
+        self.mean = torch.zeros(dim, dtype=DTYPE)
+        self.var = torch.ones(dim, dtype=DTYPE)
+        self.var[0] = 1.0 + separation**2
+
+    def _parts(self, x):
+        a = -0.5 * (x[:, 0] + self.s) ** 2
+        b = -0.5 * (x[:, 0] - self.s) ** 2
+        return a, b
+
+    def _log_prob(self, x):
+        a, b = self._parts(x)
+        rest = -0.5 * (x[:, 1:] ** 2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
+        return torch.logaddexp(a, b) - math.log(2.0) + rest
+
+    def _grad(self, x):
+        a, b = self._parts(x)
+        w = torch.sigmoid(b - a)  # responsibility of the +s component
+        g = -x.clone()
+        g[:, 0] = -(x[:, 0] + self.s) * (1 - w) - (x[:, 0] - self.s) * w
+        return g
+
+    def _sample_iid(self, n, generator):
+        z = _randn(n, self.dim, generator, self.device)
+        sign = torch.randint(0, 2, (n,), generator=generator).to(self.device, DTYPE) * 2 - 1
+        z[:, 0] += self.s * sign
+        return z
+
+
+class LogisticRegression(Target):
+    """Bayesian logistic regression, prior N(0, prior_sd^2) on every coefficient (intercept too).
+
+    Unnormalized posterior (``normalized = False``); its moments are the stored
+    reference of ``reference_moments.json`` (see ``make_reference.py``).
+    """
+
+    capabilities = frozenset({"gradient", "minibatch"})
+    normalized = False
+    exact = False
+
+    def __init__(self, name: str, x: torch.Tensor, y: torch.Tensor, prior_sd: float = 1.0, device="cpu"):
+        self.name, self.dim, self.n_data, self.prior_sd = name, x.shape[1], len(y), prior_sd
+        super().__init__(device)
+        self._x, self._y = x.to(self.device, DTYPE), y.to(self.device, DTYPE)
+        ref = load_reference(name)
+        nan = torch.full((self.dim,), float("nan"), dtype=DTYPE)
+        self.reference = ref
+        self.mean = torch.tensor(ref["mean"], dtype=DTYPE) if ref else nan
+        self.var = torch.tensor(ref["var"], dtype=DTYPE) if ref else nan.clone()
+        if ref:
+            self.mean_se = torch.tensor(ref["mean_mcse"], dtype=DTYPE)
+            self.var_se = torch.tensor(ref["var_mcse"], dtype=DTYPE)
+
+    def _loglik_terms(self, beta, x, y):
+        eta = beta @ x.T  # (n_chains, n_data)
+        return y * eta - torch.nn.functional.softplus(eta), eta
+
+    def _log_prob(self, beta):
+        ll, _ = self._loglik_terms(beta, self._x, self._y)
+        return ll.sum(1) - 0.5 * (beta**2).sum(1) / self.prior_sd**2
+
+    def _grad(self, beta):
+        eta = beta @ self._x.T
+        return (self._y - torch.sigmoid(eta)) @ self._x - beta / self.prior_sd**2
+
+    def _minibatch_grad(self, beta, idx):
+        x, y = self._x[idx], self._y[idx]
+        scale = self.n_data / len(idx)
+        return scale * (y - torch.sigmoid(beta @ x.T)) @ x - beta / self.prior_sd**2
+
+
+def iris_logistic(device="cpu") -> LogisticRegression:
+    """Iris, versicolor (0) vs virginica (1): 4 z-scored features + intercept, prior N(0, 1)."""
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    keep = y > 0
+    return _logistic("logreg-iris", x[keep], (y[keep] == 2).astype(float), device)
+
+
+def cancer_logistic(device="cpu") -> LogisticRegression:
+    """Breast cancer (malignant 0 / benign 1): 30 z-scored features + intercept, prior N(0, 1)."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    return _logistic("logreg-cancer", x, y.astype(float), device)
+
+
+def _logistic(name, x, y, device) -> LogisticRegression:
+    x = torch.as_tensor(x, dtype=DTYPE)
+    x = (x - x.mean(0)) / x.std(0)
+    x = torch.cat([torch.ones(len(x), 1, dtype=DTYPE), x], 1)
+    return LogisticRegression(name, x, torch.as_tensor(y, dtype=DTYPE), 1.0, device)
+
+
+def load_reference(name: str) -> dict | None:
+    """The stored reference moments of target ``name`` (with how they were made), or None."""
+    if not _REFERENCE_FILE.exists():
+        return None
+    return json.loads(_REFERENCE_FILE.read_text()).get("targets", {}).get(name)
+
+
+_FAMILIES = {
+    "gaussian": isotropic_gaussian,
+    "ill-gaussian": ill_conditioned_gaussian,
+    "funnel": Funnel,
+    "banana": Banana,
+    "mixture": Mixture,
+}
+_DATASETS = {"logreg-iris": iris_logistic, "logreg-cancer": cancer_logistic}
+TARGET_FAMILIES: tuple[str, ...] = (*_FAMILIES, *_DATASETS)
+
+
+def make_target(name: str, device: torch.device | str = "cpu") -> Target:
+    """A target by name: ``<family>-d<dim>`` (gaussian, ill-gaussian, funnel, banana, mixture) or a logreg."""
+    if name in _DATASETS:
+        return _DATASETS[name](device)
+    m = re.fullmatch(r"([a-z-]+)-d(\d+)", name)
+    if not m or m.group(1) not in _FAMILIES:
+        raise ValueError(f"unknown target {name!r}; families: {', '.join(TARGET_FAMILIES)} (e.g. funnel-d10)")
+    return _FAMILIES[m.group(1)](int(m.group(2)), device=device)
+
+
+class TargetView:
+    """What a sampler sees: the counted density, gradient, conditionals and minibatches, no moments."""
+
+    __slots__ = ("_t",)
+
+    def __init__(self, target: Target):
+        self._t = target
+
+    name = property(lambda self: self._t.name, doc="target name")
+    dim = property(lambda self: self._t.dim, doc="dimension")
+    device = property(lambda self: self._t.device, doc="device the target evaluates on")
+    dtype = property(lambda self: DTYPE, doc="float64")
+    capabilities = property(lambda self: self._t.capabilities, doc="gradient, conditionals, minibatch")
+    n_data = property(lambda self: self._t.n_data, doc="data points (minibatch targets), else None")
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log density (nats), (n, dim) -> (n,); counted."""
+        return self._t.log_prob(x)
+
+    def grad_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Gradient of the log density, (n, dim) -> (n, dim); counted."""
+        return self._t.grad_log_prob(x)
+
+    def log_prob_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both, counted as one gradient evaluation per row."""
+        return self._t.log_prob_and_grad(x)
+
+    def conditional(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of coordinate ``i``'s Gaussian full conditional; counted as 1/dim."""
+        return self._t.conditional(x, i)
+
+    def minibatch_grad(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Unbiased gradient from data points ``idx``; counted as len(idx)/n_data."""
+        return self._t.minibatch_grad(x, idx)
