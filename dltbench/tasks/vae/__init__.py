@@ -24,7 +24,7 @@ from .bounds import (
     posterior_means,
 )
 from .checks import ModelInfo, check_model
-from .nets import MLPAutoencoder, MLPVAE, PointMass, fit_model
+from .nets import MLPVAE, MLPAutoencoder, PointMass, fit_model
 from .task import BINARIZE_SEED, BinaryData, VAEConfig, VAEMethod, VAETask, binarize, load_binary
 
 __all__ = [

@@ -60,7 +60,11 @@ def draw(
         return loc + scale * eps.to(loc.device)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     dev = generator.device
-    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    devices = (
+        [dev.index if dev.index is not None else torch.cuda.current_device()]
+        if dev.type == "cuda"
+        else []
+    )
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         return dist.rsample(sample_shape) if dist.has_rsample else dist.sample(sample_shape)
@@ -243,9 +247,7 @@ def posterior_means(
     return torch.cat(parts)
 
 
-def active_units(
-    means: torch.Tensor, threshold: float = 0.01
-) -> tuple[int, torch.Tensor]:
+def active_units(means: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:
     """Active units of Burda et al. 2016: latent u is active if Cov_x(E_q[u|x]) > threshold.
 
     ``means`` are posterior means (N, L) over a data set; returns the count and the

@@ -35,12 +35,18 @@ def _call(what: str, fn, *args) -> Any:
 
 def _dist(what: str, d: Any, batch: tuple[tuple[int, ...], ...], event: tuple[int, ...] | None):
     if not isinstance(d, Distribution):
-        raise InvalidArtifact(f"{what} must return a torch.distributions.Distribution, got {type(d).__name__}")
+        raise InvalidArtifact(
+            f"{what} must return a torch.distributions.Distribution, got {type(d).__name__}"
+        )
     if tuple(d.batch_shape) not in batch:
-        raise InvalidArtifact(f"{what} has batch shape {tuple(d.batch_shape)}; expected one of {list(batch)}")
+        raise InvalidArtifact(
+            f"{what} has batch shape {tuple(d.batch_shape)}; expected one of {list(batch)}"
+        )
     if event is None:
         if len(d.event_shape) != 1:
-            raise InvalidArtifact(f"{what} must have a 1-d event shape (L,), got {tuple(d.event_shape)}")
+            raise InvalidArtifact(
+                f"{what} must have a 1-d event shape (L,), got {tuple(d.event_shape)}"
+            )
     elif tuple(d.event_shape) != event:
         raise InvalidArtifact(f"{what} has event shape {tuple(d.event_shape)}; expected {event}")
     return d
@@ -55,7 +61,9 @@ def _finite(what: str, d: Distribution, value: torch.Tensor, n: int) -> None:
         raise InvalidArtifact(f"{what}.log_prob is not finite (NaN or inf) on test points")
 
 
-def check_model(artifact: Any, data: Any, device: torch.device, generator: torch.Generator) -> ModelInfo:
+def check_model(
+    artifact: Any, data: Any, device: torch.device, generator: torch.Generator
+) -> ModelInfo:
     """Probe ``artifact`` on a few test points; raise InvalidArtifact with the reason if it breaks
     the protocol (see :class:`dltbench.tasks.vae.VAEMethod`)."""
     for name in ("encode", "decode", "prior"):
@@ -72,7 +80,11 @@ def check_model(artifact: Any, data: Any, device: torch.device, generator: torch
         q = _dist("encode(x)", _call("encode(x)", model.encode, x, *extra), ((n,),), None)
         latent = int(q.event_shape[0])
         z = _call("sampling q(z|x)", draw, q, (), generator)
-        if not isinstance(z, torch.Tensor) or z.shape != (n, latent) or not torch.isfinite(z).all():
+        if (
+            not isinstance(z, torch.Tensor)
+            or z.shape != (n, latent)
+            or not torch.isfinite(z).all()
+        ):
             raise InvalidArtifact(f"samples of q(z|x) must be finite with shape ({n}, {latent})")
         px = _dist("decode(z)", _call("decode(z)", model.decode, z, *extra), ((n,),), (d,))
         _finite("decode(z)", px, x, n)

@@ -12,7 +12,7 @@ from torch.distributions import kl_divergence
 from ...api import Context
 from ...registry import register_method
 from .bounds import draw, log_weights
-from .nets import MLPAutoencoder, MLPVAE, fit_model
+from .nets import MLPVAE, MLPAutoencoder, fit_model
 from .task import BinaryData, VAEConfig, VAEMethod
 
 
@@ -38,7 +38,9 @@ class VAE(VAEMethod):
         """Maximize the ELBO with one reparameterized sample per point."""
         model = MLPVAE(data.x_dim, config.latent_dim, config.hidden)
         loss = lambda m, x, y, g: neg_elbo(m, x, None, g)  # noqa: E731
-        return fit_model(model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr)
+        return fit_model(
+            model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr
+        )
 
 
 @register_method(task="vae", name="beta-vae")
@@ -56,7 +58,9 @@ class BetaVAE(VAEMethod):
         """Minimize -E_q[log p(x|z)] + beta KL(q(z|x) || p(z))."""
         model = MLPVAE(data.x_dim, config.latent_dim, config.hidden)
         loss = lambda m, x, y, g: neg_elbo(m, x, None, g, self.beta)  # noqa: E731
-        return fit_model(model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr)
+        return fit_model(
+            model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr
+        )
 
 
 @register_method(task="vae", name="iwae")
@@ -78,7 +82,9 @@ class IWAE(VAEMethod):
             lw = log_weights(m, x, self.k, generator=g)
             return -(torch.logsumexp(lw, dim=0) - math.log(self.k)).mean()
 
-        return fit_model(model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr)
+        return fit_model(
+            model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr
+        )
 
 
 @register_method(task="vae", name="cvae")
@@ -95,7 +101,9 @@ class CVAE(VAEMethod):
         """Maximize the conditional ELBO of log p(x|y) on the training labels."""
         model = MLPVAE(data.x_dim, config.latent_dim, config.hidden, num_classes=data.num_classes)
         loss = lambda m, x, y, g: neg_elbo(m, x, y, g)  # noqa: E731
-        return fit_model(model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr)
+        return fit_model(
+            model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr
+        )
 
 
 @register_method(task="vae", name="ae")
@@ -116,4 +124,6 @@ class Autoencoder(VAEMethod):
             logits = m.decoder(m.encoder(x))
             return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1).mean()
 
-        return fit_model(model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr)
+        return fit_model(
+            model, data.train.x, data.train.y, loss, ctx, config.epochs, self.batch_size, self.lr
+        )

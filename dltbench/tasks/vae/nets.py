@@ -41,7 +41,7 @@ class PointMass(Distribution):
     def variance(self) -> torch.Tensor:
         return torch.zeros_like(self.value)
 
-    def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: Sequence[int] = ()) -> torch.Tensor:
         return self.value.expand(self._extended_shape(torch.Size(sample_shape)))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from abc import abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +47,13 @@ class VAEConfig:
     batch_size: int  # test points per pass
     max_test_points: int  # first points of the fixed test split; 0 = all
     active_threshold: float = 0.01  # Burda et al. 2016
+    cpu_threads: int = 0  # torch threads on CPU during fit and evaluate; 0 keeps the runner's
 
 
 _PROFILES = {
-    "quick": dict(dataset="digits", latent_dim=8, hidden=(128,), epochs=100, iwae_k=1000,
-                  iwae_ks=(1, 10, 100, 1000), elbo_samples=10, k_chunk=500, batch_size=540,
-                  max_test_points=0),
+    "quick": dict(dataset="digits", latent_dim=8, hidden=(128,), epochs=100, iwae_k=500,
+                  iwae_ks=(1, 10, 100, 500), elbo_samples=10, k_chunk=20, batch_size=540,
+                  max_test_points=0, cpu_threads=1),
     "standard": dict(dataset="mnist", latent_dim=50, hidden=(200, 200), epochs=100, iwae_k=1000,
                      iwae_ks=(1, 10, 100, 1000), elbo_samples=10, k_chunk=250, batch_size=500,
                      max_test_points=0),
@@ -125,7 +128,9 @@ class VAETask(Task):
 
     name = "vae"
     version = "1"
-    description = "held-out log-likelihood bounds (ELBO, IWAE) of latent-variable models, nats and bits/dim"
+    description = (
+        "held-out log-likelihood bounds (ELBO, IWAE) of latent-variable models, nats and bits/dim"
+    )
     method_type = VAEMethod
     protocol = "train"
     primary_metric = "iwae"
@@ -171,21 +176,29 @@ class VAETask(Task):
         ctx.progress("load data", 0, 1)
         data = load_binary(config.dataset, ctx.data_dir)
         if config.max_test_points:
-            data = dataclasses.replace(data, test=data.test.subset(slice(0, config.max_test_points)))
+            data = dataclasses.replace(
+                data, test=data.test.subset(slice(0, config.max_test_points))
+            )
         return data
 
     def fit(self, method: VAEMethod, data: BinaryData, config: VAEConfig, ctx: Context) -> Any:
         """Train on the training split only (no test split, no class prior)."""
-        return method.train(dataclasses.replace(data, test=None, label_prior=None), config, ctx)
+        with cpu_threads(config.cpu_threads, ctx.device):
+            return method.train(
+                dataclasses.replace(data, test=None, label_prior=None), config, ctx
+            )
 
     def evaluate(self, artifact, data: BinaryData, config: VAEConfig, ctx: Context) -> Evaluation:
         """Verify the model, then ELBO, IWAE_k, KL, active units and reconstruction on the test split."""
+        with cpu_threads(config.cpu_threads, ctx.device):
+            return self._evaluate(artifact, data, config, ctx)
+
+    def _evaluate(self, artifact, data: BinaryData, config: VAEConfig, ctx: Context) -> Evaluation:
         gen = ctx.device_generator()
         info = check_model(artifact, data, ctx.device, gen)
         model, d = info.model, data.x_dim
         x, y = data.test.x.to(ctx.device), data.test.y.to(ctx.device)
         ycond = y if info.conditional else None
-        extra = (ycond,) if info.conditional else ()
         bs, n = config.batch_size, len(x)
         with torch.no_grad():
             means = posterior_means(model, x, ycond, bs)
@@ -211,7 +224,9 @@ class VAETask(Task):
             terms = elbo(model, x, ycond, config.elbo_samples, gen, batch_size=bs)
             ctx.progress("iwae", 1, 3)
             start = time.perf_counter()
-            by_k = iwae_bounds(model, x, config.iwae_ks + (config.iwae_k,), ycond, gen, config.k_chunk, bs)
+            by_k = iwae_bounds(
+                model, x, config.iwae_ks + (config.iwae_k,), ycond, gen, config.k_chunk, bs
+            )
             seconds = time.perf_counter() - start
             ll = by_k[config.iwae_k]
             if info.conditional:
@@ -229,7 +244,10 @@ class VAETask(Task):
                 active_units=float(n_active), iwae_throughput=n * config.iwae_k / seconds,
             )  # fmt: skip
             curves = {  # conditional models: the bound on log p(x|y) at the test label
-                "iwae_by_k": {"k": sorted(by_k), "iwae": [float(by_k[k].mean()) for k in sorted(by_k)]},
+                "iwae_by_k": {
+                    "k": sorted(by_k),
+                    "iwae": [float(by_k[k].mean()) for k in sorted(by_k)],
+                },
                 "unit_variance": unit_var.tolist(),
             }
             estimator.update(
@@ -244,7 +262,9 @@ class VAETask(Task):
             )  # fmt: skip
             if info.conditional:
                 estimator["label_prior"] = data.label_prior.tolist()
-                estimator["marginal"] = "log sum_y p(y) mean_k w_k(y): unbiased p_hat(x), so a lower bound"
+                estimator["marginal"] = (
+                    "log sum_y p(y) mean_k w_k(y): unbiased p_hat(x), so a lower bound"
+                )
         return Evaluation(metrics, curves, estimator)
 
     def adjust_leaderboard(self, df, records, load):
@@ -262,6 +282,21 @@ class VAETask(Task):
         return df
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int, device: torch.device) -> Iterator[None]:
+    """Run with ``n`` torch threads on CPU (then restore): for 8x8 MLPs intra-op threads cost
+    more in synchronization than they save, and on a loaded machine far more."""
+    if n <= 0 or device.type != "cpu":
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _recon(px, x: torch.Tensor) -> torch.Tensor:
     """(N, 2): -log p(x|z) in nats and the fraction of pixels wrong after rounding E[x|z]."""
     wrong = ((px.mean > 0.5).to(x.dtype) != x).to(torch.float64).mean(1)
@@ -270,5 +305,3 @@ def _recon(px, x: torch.Tensor) -> torch.Tensor:
 
 def _sem(t: torch.Tensor) -> float:
     return float(t.double().std() / math.sqrt(len(t))) if len(t) > 1 else math.nan
-
-
