@@ -1,0 +1,185 @@
+"""Unit tests of the vae task: data, the harness's model checks, the evaluator, the leaderboard."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch.distributions import Bernoulli, Independent, Normal
+
+from dltbench import leaderboard, registry
+from dltbench.api import Context, DataMissing, InvalidArtifact, Result
+from dltbench.tasks.vae import MLPVAE, PointMass, binarize, check_model, load_binary
+
+TASK = registry.get_task("vae")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = load_binary("digits")
+    return dataclasses.replace(d, test=d.test.subset(slice(0, 40)))
+
+
+@pytest.fixture(scope="module")
+def config():
+    return TASK.smoke(TASK.configs("quick")[0])
+
+
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+def test_static_binarization_is_fixed_and_harness_owned(data):
+    again = load_binary("digits")
+    assert torch.equal(again.train.x, data.train.x)  # independent of any run seed
+    assert set(data.train.x.unique().tolist()) == {0.0, 1.0} and data.x_dim == 64
+    assert data.train.x.shape == (len(data.train.y), 64)
+    grey = torch.rand(4000, 1, 2, 2, generator=gen())
+    bits = binarize(grey, 1)
+    assert abs(float(bits.mean() - grey.mean())) < 0.02  # a Bernoulli draw at the grey level
+    assert torch.equal(bits, binarize(grey, 1)) and not torch.equal(bits, binarize(grey, 2))
+    torch.testing.assert_close(data.label_prior.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_method_view_has_no_test_split_nor_class_prior(data, config):
+    seen = {}
+
+    class Spy:
+        def train(self, d, cfg, ctx):
+            seen["d"] = d
+            return None
+
+    TASK.fit(Spy(), data, config, Context(0, CPU))
+    assert seen["d"].test is None and seen["d"].label_prior is None
+
+
+def test_mnist_profiles_say_what_to_put_where():
+    cfg = TASK.configs("standard")[0]
+    with pytest.raises(DataMissing, match="data-dir"):
+        TASK.check_data(cfg, None)
+
+
+class Uniform:
+    """Bernoulli(1/2) pixels, q = p = N(0, I): exactly 1 bit/dim."""
+
+    def encode(self, x):
+        return Independent(Normal(torch.zeros(len(x), 3), torch.ones(len(x), 3)), 1)
+
+    def decode(self, z):
+        return Independent(Bernoulli(probs=torch.full((len(z), 64), 0.5)), 1)
+
+    def prior(self):
+        return Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
+
+
+def test_evaluate_uniform_model_gives_exactly_one_bit_per_dim(data, config):
+    ev = TASK.evaluate(Uniform(), data, config, Context(0, CPU))
+    assert ev.metrics["iwae"] == pytest.approx(-64 * math.log(2), abs=1e-5)  # float32 model
+    assert f"{ev.metrics['nll_bpd']:.6f}" == "1.000000"
+    assert ev.metrics["elbo_bpd"] == pytest.approx(1.0, abs=1e-6)
+    assert ev.metrics["kl"] == 0.0 and ev.metrics["active_units"] == 0
+    assert math.isnan(ev.metrics["cond_iwae"])
+    assert ev.estimator["iwae_k"] == config.iwae_k and ev.estimator["has_likelihood"]
+
+
+def test_evaluate_is_reproducible_from_the_eval_seed(data, config):
+    torch.manual_seed(0)
+    model = MLPVAE(64, 4, (16,))
+    a = TASK.evaluate(model, data, config, Context(3, CPU)).metrics
+    b = TASK.evaluate(model, data, config, Context(3, CPU)).metrics
+    assert a["iwae"] == b["iwae"] and a["elbo"] == b["elbo"]
+    assert a["elbo"] <= a["iwae"] + 0.5  # one draw per point for ELBO noise; IWAE_20 is tighter
+
+
+def test_conditional_model_gets_marginal_and_conditional_bounds(data, config):
+    torch.manual_seed(0)
+    ev = TASK.evaluate(MLPVAE(64, 4, (16,), num_classes=10), data, config, Context(0, CPU))
+    assert math.isfinite(ev.metrics["cond_iwae"]) and math.isfinite(ev.metrics["iwae"])
+    assert ev.estimator["conditional"] and len(ev.estimator["label_prior"]) == 10
+
+
+class NoPrior(Uniform):
+    def encode(self, x):
+        return PointMass(torch.zeros(len(x), 3))
+
+    def prior(self):
+        return None
+
+
+def test_a_model_without_prior_is_scored_by_reconstruction_only(data, config):
+    ev = TASK.evaluate(NoPrior(), data, config, Context(0, CPU))
+    assert math.isnan(ev.metrics["iwae"]) and math.isnan(ev.metrics["elbo"])
+    assert ev.metrics["recon_nll"] == pytest.approx(64 * math.log(2))
+    assert not ev.estimator["has_likelihood"]
+
+
+def _broken(**over):
+    m = Uniform()
+    for name, fn in over.items():
+        setattr(m, name, fn)
+    return m
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (object(), "encode"),
+        (_broken(encode=lambda x: x), "Distribution"),
+        (_broken(encode=lambda x: Independent(Normal(torch.zeros(1, 3), 1.0), 1)), "batch shape"),
+        (_broken(encode=lambda x: Normal(torch.zeros(len(x)), 1.0)), "event shape"),
+        (_broken(decode=lambda z: Independent(Bernoulli(probs=torch.full((len(z), 8, 8), 0.5)), 2)), "event shape"),
+        (_broken(decode=lambda z: Independent(Normal(torch.full((len(z), 64), math.nan), 1.0, validate_args=False), 1)), "not finite"),
+        (_broken(prior=lambda: Independent(Normal(torch.zeros(5), 1.0), 1)), "event shape"),
+        (_broken(decode=lambda z: 1 / 0), "ZeroDivisionError"),
+    ],
+)  # fmt: skip
+def test_protocol_violations_are_invalid_artifacts(data, model, match):
+    with pytest.raises(InvalidArtifact, match=match):
+        check_model(model, data, CPU, gen())
+
+
+def test_conditional_models_receive_the_labels(data):
+    got = {}
+
+    class Cond(Uniform):
+        conditional = True
+
+        def encode(self, x, y):
+            got["y"] = y
+            return super().encode(x)
+
+        def decode(self, z, y):
+            return super().decode(z)
+
+        def prior(self, y):
+            return super().prior()
+
+    info = check_model(Cond(), data, CPU, gen())
+    assert info.conditional and torch.equal(got["y"], data.test.y[:8])
+
+
+def _record(method, seed, iwae, has_likelihood):
+    return Result(
+        id=f"{method}{seed}", task="vae", task_version="1", method=method, method_version="1",
+        method_source_hash="h", method_params={}, method_origin="builtin", profile="quick",
+        setting={"dataset": "digits"}, config={}, config_hash="c", seed=seed, status="ok",
+        metrics={"iwae": iwae, "recon_nll": 20.0}, estimator={"has_likelihood": has_likelihood},
+        timestamp=f"2024-01-0{seed + 1}",
+    )  # fmt: skip
+
+
+def test_leaderboard_lists_the_autoencoder_unranked_with_the_reason():
+    recs = [_record("vae", s, -24.0 - s, True) for s in (0, 1)]
+    recs += [_record("ae", s, None, False) for s in (0, 1)]
+    recs += [_record("iwae", s, -23.0, True) for s in (0, 1)]
+    df = leaderboard.build(TASK, recs)
+    row = df.set_index("method")
+    assert row.loc["iwae", "rank"] == 1 and row.loc["vae", "rank"] == 2
+    assert pd.isna(row.loc["ae", "rank"]) and not row.loc["ae", "eligible"]
+    assert "no likelihood" in row.loc["ae", "excluded_reason"]
+    assert list(df["method"]) == ["iwae", "vae", "ae"]
+    assert "no likelihood" in leaderboard.to_markdown(TASK, df)
