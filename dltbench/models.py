@@ -18,8 +18,27 @@ from .data import Split
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
+class MLP(nn.Module):
+    """A two-hidden-layer ReLU perceptron on flattened pixels; the 8x8 digits reference."""
+
+    def __init__(self, in_features: int = 64, num_classes: int = 10, width: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) of images (N, C, H, W) in [0, 1]."""
+        return self.net(x)
+
+
 class SmallCNN(nn.Module):
-    """Two 3x3 conv layers and a two-layer head; for 8x8 digits and 28x28 MNIST."""
+    """Two 3x3 conv layers and a two-layer head; the 28x28 MNIST reference."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, side: int = 8, width: int = 32):
         super().__init__()
@@ -45,7 +64,9 @@ class SmallCNN(nn.Module):
 
 def default_classifier(shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The reference architecture for a dataset's image shape (C, H, W)."""
-    c, h, _ = shape
+    c, h, w = shape
+    if h <= 8:  # tiny inputs: an MLP certifies ~15x faster than a CNN at equal accuracy
+        return MLP(c * h * w, num_classes)
     if h <= 28:
         return SmallCNN(c, num_classes, side=h)
     try:  # paper scale: a ResNet-18 with a CIFAR stem, from timm

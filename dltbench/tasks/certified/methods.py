@@ -63,11 +63,14 @@ class Consistency(CertifiedMethod):
 
     With m noisy copies of each input and p_i their softmax outputs, p = mean_i p_i:
     loss = mean_i CE(f(x + d_i), y) + lbd * mean_i KL(p || p_i) + eta * H(p).
+    This is the authors' default form (m=2, eta=0.5). lbd=3: on the quick profile's short
+    budget lbd=10 collapsed the sigma=0.5 classifier to 31% smoothed accuracy while lbd in
+    {1, 3} kept it at 88% (seed 0); the paper tunes lbd per dataset and sigma too.
     """
 
     version = "1"
 
-    def __init__(self, m: int = 2, lbd: float = 10.0, eta: float = 0.5, lr: float = 1e-3, batch_size: int = 64):
+    def __init__(self, m: int = 2, lbd: float = 3.0, eta: float = 0.5, lr: float = 1e-3, batch_size: int = 64):
         self.m = m
         self.lbd = lbd
         self.eta = eta
