@@ -1,0 +1,43 @@
+"""The real `dltbench` command on the vae task (smoke configs): records and leaderboard files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from dltbench.cli import main
+
+
+def test_run_smoke_writes_records_and_a_leaderboard_that_excludes_the_autoencoder(tmp_path):
+    res, lb = tmp_path / "results", tmp_path / "leaderboards"
+    argv = ["run", "--task", "vae", "--smoke", "--seeds", "0", "--device", "cpu",
+            "--results-dir", str(res), "--leaderboard-dir", str(lb)]  # fmt: skip
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (res / "vae.jsonl").read_text().splitlines()]
+    by_method = {r["method"]: r for r in records}
+    assert set(by_method) == {"vae", "beta-vae", "iwae", "cvae", "ae"}
+    assert all(r["status"] == "ok" and r["profile"] == "quick-smoke" for r in records)
+    for name in ("vae", "beta-vae", "iwae", "cvae"):
+        r = by_method[name]
+        assert r["metrics"]["elbo"] < 0 and r["metrics"]["iwae"] < 0  # log-likelihoods of binary data
+        assert r["estimator"]["iwae_k"] == 20 and r["estimator"]["has_likelihood"]
+        bpd = -r["metrics"]["iwae"] / (64 * math.log(2))
+        assert abs(r["metrics"]["nll_bpd"] - bpd) < 1e-9
+        assert r["curves"]["iwae_by_k"]["k"] == [1, 20]
+    assert by_method["cvae"]["metrics"]["cond_iwae"] is not None
+    assert by_method["vae"]["metrics"]["cond_iwae"] is None  # NaN is stored as null
+    ae = by_method["ae"]
+    assert ae["metrics"]["iwae"] is None and ae["metrics"]["recon_nll"] > 0
+    df = pd.read_csv(lb / "vae.csv")
+    assert len(df) == 5
+    ae_row = df[df["method"] == "ae"].iloc[0]
+    assert pd.isna(ae_row["rank"]) and "no likelihood" in ae_row["excluded_reason"]
+    ranked = df.dropna(subset=["rank"])
+    assert sorted(ranked["rank"]) == [1, 2, 3, 4]
+    assert ranked["iwae_mean"].is_monotonic_decreasing  # higher log-likelihood ranks first
+    assert "no likelihood" in (lb / "vae.md").read_text()
+    # A rerun resumes: nothing left to do, exit status 0 again.
+    assert main(argv) == 0
+    assert len((res / "vae.jsonl").read_text().splitlines()) == 5
