@@ -105,7 +105,7 @@ def mala_warmup(target, init, n_warmup: int, gen: torch.Generator) -> tuple[torc
     return x, log_h.exp()
 
 
-def ula(target, init, n_draws: int, n_warmup: int, gen: torch.Generator, step_factor: float = 0.5) -> torch.Tensor:
+def ula(target, init, n_draws: int, n_warmup: int, gen: torch.Generator, step_factor: float = 0.25) -> torch.Tensor:
     """Unadjusted Langevin: x + h grad + sqrt(2h) xi, h = step_factor * MALA's adapted step."""
     x, h = mala_warmup(target, init, n_warmup, gen)
     h = (step_factor * h)[:, None]
@@ -118,7 +118,7 @@ def ula(target, init, n_draws: int, n_warmup: int, gen: torch.Generator, step_fa
 
 def sgld(
     target, init, n_draws: int, n_warmup: int, gen: torch.Generator,
-    batch_size: int = 10, step_factor: float = 0.5,
+    batch_size: int = 20, step_factor: float = 0.1,
 ) -> torch.Tensor:  # fmt: skip
     """Stochastic-gradient Langevin (Welling & Teh 2011), constant step h = step_factor * MALA's."""
     x, h = mala_warmup(target, init, n_warmup, gen)
