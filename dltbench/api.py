@@ -80,7 +80,7 @@ class Evaluation:
     estimator: dict[str, Any] = field(default_factory=dict)
 
 
-class Method(ABC):
+class Method(ABC):  # noqa: B024 (abstract through each task's protocol class)
     """Base of every method. Subclass the task's protocol class, not this one.
 
     Hyper-parameters are plain constructor arguments stored on attributes of the same
@@ -133,6 +133,7 @@ class Task(ABC):
 
     def check_data(self, config: Any, data_dir: Path | None) -> None:
         """Raise DataMissing (saying what to put where) if ``config``'s data is not available."""
+        return None
 
     @abstractmethod
     def prepare(self, config: Any, ctx: Context) -> Any:

@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list tasks and their methods")
     ls.add_argument("--task", help="only this task")
-    ls.add_argument("--plugin", action="append", default=[], metavar="FILE", help="also load this plugin file")
+    ls.add_argument(
+        "--plugin", action="append", default=[], metavar="FILE", help="also load this plugin file"
+    )
     ls.set_defaults(func=cmd_list)
 
     run = sub.add_parser(
@@ -78,26 +80,46 @@ def build_parser() -> argparse.ArgumentParser:
         "with a timeout, append one record per cell, and rebuild the leaderboard.",
     )  # fmt: skip
     run.add_argument("--task", required=True, help="task name (see `dltbench list`)")
-    run.add_argument("--method", nargs="+", metavar="M", help="methods to run (default: all registered)")
-    run.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="S", help="seeds (default: 0)")
+    run.add_argument(
+        "--method", nargs="+", metavar="M", help="methods to run (default: all registered)"
+    )
+    run.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], metavar="S", help="seeds (default: 0)"
+    )
     run.add_argument("--profile", choices=PROFILES, default="quick",
                      help="quick: embedded data, CPU, under a minute per method (default); "
                      "standard: laptop-scale real data from --data-dir; paper: published protocol, GPU")  # fmt: skip
     _common_io(run)
     run.add_argument("--plugin", action="append", default=[], metavar="FILE",
                      help="load methods from a Python file that is not installed (repeatable)")  # fmt: skip
-    run.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ...")
+    run.add_argument(
+        "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ..."
+    )
     run.add_argument("--jobs", type=int, default=1, help="cells run in parallel (default 1)")
-    run.add_argument("--timeout", default="30m", help="per-cell time limit, e.g. 90s, 10m, 1h (default 30m)")
-    run.add_argument("--force", action="store_true", help="rerun cells that already have an ok record")
-    run.add_argument("--data-dir", type=Path, help="where real datasets live (standard/paper profiles)")
-    run.add_argument("--smoke", action="store_true", help="tiny configs (seconds): check a pipeline, not a result")
+    run.add_argument(
+        "--timeout", default="30m", help="per-cell time limit, e.g. 90s, 10m, 1h (default 30m)"
+    )
+    run.add_argument(
+        "--force", action="store_true", help="rerun cells that already have an ok record"
+    )
+    run.add_argument(
+        "--data-dir", type=Path, help="where real datasets live (standard/paper profiles)"
+    )
+    run.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny configs (seconds): check a pipeline, not a result",
+    )
     run.set_defaults(func=cmd_run)
 
-    lb = sub.add_parser("leaderboard", help="rebuild and print a task's leaderboard from its records")
+    lb = sub.add_parser(
+        "leaderboard", help="rebuild and print a task's leaderboard from its records"
+    )
     lb.add_argument("--task", required=True)
     lb.add_argument("--format", choices=("table", "csv", "md"), default="table")
-    lb.add_argument("--no-write", action="store_true", help="print only; do not rewrite the CSV/MD files")
+    lb.add_argument(
+        "--no-write", action="store_true", help="print only; do not rewrite the CSV/MD files"
+    )
     _common_io(lb)
     lb.set_defaults(func=cmd_leaderboard)
 
@@ -113,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common_io(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results-dir", type=Path, default=Path("results"), help="records (default ./results)")
+    p.add_argument(
+        "--results-dir", type=Path, default=Path("results"), help="records (default ./results)"
+    )
     p.add_argument("--leaderboard-dir", type=Path, default=Path("leaderboards"),
                    help="CSV/Markdown leaderboards (default ./leaderboards)")  # fmt: skip
 
@@ -124,7 +148,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     names = [args.task] if args.task else registry.task_names()
     for name in names:
         task = registry.get_task(name)
-        out.print(f"[bold]{task.name}[/]  {task.description}  (primary metric: {task.primary_metric})")
+        out.print(
+            f"[bold]{task.name}[/]  {task.description}  (primary metric: {task.primary_metric})"
+        )
         for m in registry.method_names(task.name):
             cls = registry.get_method_class(task.name, m)
             origin = registry.method_origin(task.name, m)
@@ -162,11 +188,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     df = _build(task, args.results_dir)
     csv_path, md_path = leaderboard.write(task, df, args.leaderboard_dir)
     out.print(leaderboard.compact(task, df))
-    err.print(f"records: {args.results_dir / (task.name + '.jsonl')}  leaderboard: {csv_path}, {md_path}")
+    err.print(
+        f"records: {args.results_dir / (task.name + '.jsonl')}  leaderboard: {csv_path}, {md_path}"
+    )
     if bad:
         err.print(f"[bold red]{len(bad)} of {len(results)} cells did not succeed:[/]")
         for r in bad:
-            err.print(f"  {r.method} {r.setting} seed={r.seed}: {r.status}: {_first_line(r.error)}")
+            err.print(
+                f"  {r.method} {r.setting} seed={r.seed}: {r.status}: {_first_line(r.error)}"
+            )
         return 1
     return 0
 
@@ -184,7 +214,12 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
 
     def on_progress(cell: Cell, desc: str, done: int, total: int) -> None:
         if cell in bars:
-            progress.update(bars[cell], description=f"  {cell.label(task)}: {desc}", completed=done, total=total)
+            progress.update(
+                bars[cell],
+                description=f"  {cell.label(task)}: {desc}",
+                completed=done,
+                total=total,
+            )
 
     def on_result(cell: Cell, r: Result) -> None:
         if cell in bars:
@@ -248,7 +283,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         names = [m for m in names if m == args.method]
     if not names:
         found = ", ".join(f"{m} ({t})" for t, m in added) or "none"
-        err.print(f"[red]FAIL[/] {args.plugin} registers no method for task {task.name!r} (found: {found})")
+        err.print(
+            f"[red]FAIL[/] {args.plugin} registers no method for task {task.name!r} (found: {found})"
+        )
         return 1
     ok = True
     for name in names:

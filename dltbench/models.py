@@ -40,7 +40,9 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two 3x3 conv layers and a two-layer head; the 28x28 MNIST reference."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, side: int = 8, width: int = 32):
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, side: int = 8, width: int = 32
+    ):
         super().__init__()
         pooled = side // 2
         self.features = nn.Sequential(
@@ -72,7 +74,9 @@ def default_classifier(shape: tuple[int, ...], num_classes: int) -> nn.Module:
     try:  # paper scale: a ResNet-18 with a CIFAR stem, from timm
         import timm
     except ImportError as exc:
-        raise RuntimeError("32x32 and larger images use timm's resnet18: pip install 'dltbench[data]'") from exc
+        raise RuntimeError(
+            "32x32 and larger images use timm's resnet18: pip install 'dltbench[data]'"
+        ) from exc
     model = timm.create_model("resnet18", pretrained=False, num_classes=num_classes, in_chans=c)
     model.conv1 = nn.Conv2d(c, 64, 3, 1, 1, bias=False)
     model.maxpool = nn.Identity()

@@ -82,7 +82,10 @@ def _add_method(cls: Any, task: str, name: str) -> None:
     key = (task, name)
     old = _METHODS.get(key)
     # The same class imported again (a spawned cell re-loading a plugin) is not a clash.
-    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+    if old is not None and (old.__module__, old.__qualname__) != (
+        cls.__module__,
+        cls.__qualname__,
+    ):
         raise RegistryError(
             f"method {name!r} of task {task!r} is registered twice "
             f"({_ORIGIN[key]} and {_current_origin})"
@@ -90,7 +93,9 @@ def _add_method(cls: Any, task: str, name: str) -> None:
     cls.name, cls.task = name, task
     problems = check_method_class(cls, task)
     if problems:
-        raise RegistryError(f"method {name!r} for task {task!r} is not valid: " + "; ".join(problems))
+        raise RegistryError(
+            f"method {name!r} for task {task!r} is not valid: " + "; ".join(problems)
+        )
     _METHODS[key] = cls
     _ORIGIN[key] = _current_origin
 
@@ -146,7 +151,9 @@ def load_entry_points() -> None:
             try:
                 obj = ep.load()
             except Exception as exc:
-                raise RegistryError(f"plugin entry point {ep.value!r} failed to import: {exc}") from exc
+                raise RegistryError(
+                    f"plugin entry point {ep.value!r} failed to import: {exc}"
+                ) from exc
             finally:
                 _current_origin = "builtin"
             _register_loaded(obj, f"entry-point {ep.value}")

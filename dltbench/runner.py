@@ -77,14 +77,14 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def plan(task: Task, methods: list[str], profile: str, seeds: list[int], smoke: bool = False) -> list[Cell]:
+def plan(
+    task: Task, methods: list[str], profile: str, seeds: list[int], smoke: bool = False
+) -> list[Cell]:
     """All cells of a run, settings outermost so that a setting's methods finish together."""
     configs = task.configs(profile)
     if smoke:  # recorded under their own profile name so they never mix into real rows
         configs, profile = [task.smoke(c) for c in configs], f"{profile}-smoke"
-    return [
-        Cell(task.name, m, profile, cfg, s) for cfg in configs for m in methods for s in seeds
-    ]
+    return [Cell(task.name, m, profile, cfg, s) for cfg in configs for m in methods for s in seeds]
 
 
 def identity(task: Task, cell: Cell) -> dict[str, Any]:
@@ -118,7 +118,8 @@ def resolve_device(device: str) -> torch.device:
 def cell_contexts(seed: int, device: torch.device, data_dir: Path | None, progress: ProgressFn):
     """Independent data, method and evaluation contexts derived from one cell seed."""
     data_s, method_s, eval_s = (
-        int(s.generate_state(1, np.uint64)[0] % 2**62) for s in np.random.SeedSequence(seed).spawn(3)
+        int(s.generate_state(1, np.uint64)[0] % 2**62)
+        for s in np.random.SeedSequence(seed).spawn(3)
     )
     return tuple(Context(s, device, data_dir, progress) for s in (data_s, method_s, eval_s))
 
@@ -199,7 +200,10 @@ def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         if sha.returncode != 0:
             return None
@@ -228,7 +232,9 @@ def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
 def _start_method(device: str) -> str:
     # fork is instant and inherits plugins, but CUDA cannot be used after a fork once
     # the parent touched it, and macOS/Windows lack a safe fork: spawn there.
-    gpu_possible = device != "cpu" and torch.backends.cuda.is_built() and Path("/dev/nvidiactl").exists()
+    gpu_possible = (
+        device != "cpu" and torch.backends.cuda.is_built() and Path("/dev/nvidiactl").exists()
+    )
     return "fork" if sys.platform.startswith("linux") and not gpu_possible else "spawn"
 
 
@@ -243,7 +249,9 @@ class _Running:
     result: Result | None = None
 
 
-def pending_cells(task: Task, cells: list[Cell], opts: RunOptions) -> tuple[list[Cell], list[Result]]:
+def pending_cells(
+    task: Task, cells: list[Cell], opts: RunOptions
+) -> tuple[list[Cell], list[Result]]:
     """Split cells into those to run and the existing ``ok`` records that make the rest redundant."""
     if opts.force:
         return list(cells), []
@@ -295,7 +303,9 @@ def run_cells(
             proc.start()
             send.close()
             now = time.monotonic()
-            running.append(_Running(cell, identity(task, cell), proc, recv, now + opts.timeout_s, now))
+            running.append(
+                _Running(cell, identity(task, cell), proc, recv, now + opts.timeout_s, now)
+            )
             on_start and on_start(cell)
         time.sleep(0.05)
         for run in list(running):
@@ -312,7 +322,10 @@ def run_cells(
                 running.remove(run)
                 wall = time.monotonic() - run.start
                 msg = f"timed out after {opts.timeout_s:g}s (--timeout)"
-                finish(run.cell, _record(task, run.cell, run.ident, "timeout", msg, None, wall, opts.device))
+                finish(
+                    run.cell,
+                    _record(task, run.cell, run.ident, "timeout", msg, None, wall, opts.device),
+                )
     return results
 
 

@@ -42,7 +42,13 @@ def check_method(task_name: str, method_name: str, data_dir: Path | None = None)
         json.dumps(params)
         checks.append(Check("constructs with defaults; params are JSON-ready", True, str(params)))
     except Exception as exc:
-        checks.append(Check("constructs with defaults; params are JSON-ready", False, f"{type(exc).__name__}: {exc}"))
+        checks.append(
+            Check(
+                "constructs with defaults; params are JSON-ready",
+                False,
+                f"{type(exc).__name__}: {exc}",
+            )
+        )
         return checks
     checks.append(Check("has a one-line description (class docstring)", bool(cls.description()),
                         "" if cls.description() else "add a docstring to the class"))  # fmt: skip

@@ -127,7 +127,11 @@ def cifar10(data_dir: Path | None) -> ImageDataset:
 
 def load(name: str, data_dir: Path | None = None) -> ImageDataset:
     """Load ``digits``, ``mnist`` or ``cifar10``."""
-    loaders = {"digits": lambda: digits(), "mnist": lambda: mnist(data_dir), "cifar10": lambda: cifar10(data_dir)}
+    loaders = {
+        "digits": lambda: digits(),
+        "mnist": lambda: mnist(data_dir),
+        "cifar10": lambda: cifar10(data_dir),
+    }
     if name not in loaders:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(loaders)}")
     return loaders[name]()

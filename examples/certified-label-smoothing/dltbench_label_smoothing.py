@@ -31,7 +31,9 @@ class LabelSmoothing(CertifiedMethod):
     def train(self, data, config, ctx):
         def loss(model, x, y, gen):
             noise = torch.randn(x.shape, generator=gen, device=x.device)
-            return F.cross_entropy(model(x + config.sigma * noise), y, label_smoothing=self.smoothing)
+            return F.cross_entropy(
+                model(x + config.sigma * noise), y, label_smoothing=self.smoothing
+            )
 
         model = default_classifier(data.shape, data.num_classes)
         return fit_classifier(model, data.train, loss, ctx, epochs=config.epochs, lr=self.lr)

@@ -29,14 +29,34 @@ def test_run_writes_records_and_leaderboards_then_resumes_and_forces(dirs, capsy
     recs = records(dirs)
     assert len(recs) == 4 and {r["status"] for r in recs} == {"ok"}
     r = recs[0]
-    for key in ("config_hash", "method_source_hash", "git_commit", "torch_version", "python_version",
-                "device", "hostname", "wall_time_s", "peak_memory_mb", "timestamp", "seed"):
+    for key in (
+        "config_hash",
+        "method_source_hash",
+        "git_commit",
+        "torch_version",
+        "python_version",
+        "device",
+        "hostname",
+        "wall_time_s",
+        "peak_memory_mb",
+        "timestamp",
+        "seed",
+    ):
         assert key in r
     assert {"n0", "n", "alpha", "sigma", "test_points"} <= set(r["estimator"])
-    assert 0.0 <= r["metrics"]["acr"] and len(r["curves"]["radius"]) == len(r["curves"]["certified_accuracy"])
+    assert r["metrics"]["acr"] >= 0.0 and len(r["curves"]["radius"]) == len(
+        r["curves"]["certified_accuracy"]
+    )
     board = pd.read_csv(dirs["leaderboards"] / "certified.csv")
-    assert set(board["method"]) == {"standard", "gaussian-aug"} and set(board["sigma"]) == {0.25, 0.5}
-    assert (dirs["leaderboards"] / "certified.md").read_text().startswith("# Leaderboard: `certified`")
+    assert set(board["method"]) == {"standard", "gaussian-aug"} and set(board["sigma"]) == {
+        0.25,
+        0.5,
+    }
+    assert (
+        (dirs["leaderboards"] / "certified.md")
+        .read_text()
+        .startswith("# Leaderboard: `certified`")
+    )
     capsys.readouterr()
 
     assert run(dirs, "--method", "standard", "gaussian-aug") == 0  # resume: nothing reruns
@@ -65,7 +85,9 @@ def test_failures_are_recorded_and_the_run_goes_on(dirs, capsys):
 
 
 def test_a_hanging_cell_times_out(dirs):
-    code = run(dirs, "--plugin", str(PLUGINS / "hangs.py"), "--method", "test-hangs", "--timeout", "3s")
+    code = run(
+        dirs, "--plugin", str(PLUGINS / "hangs.py"), "--method", "test-hangs", "--timeout", "3s"
+    )
     assert code == 1
     recs = records(dirs)
     assert {r["status"] for r in recs} == {"timeout"} and len(recs) == 2
@@ -86,10 +108,19 @@ def test_parallel_jobs(dirs):
     [
         (["run", "--task", "certifed"], "Did you mean 'certified'"),
         (["run", "--task", "certified", "--method", "gausian-aug"], "Did you mean 'gaussian-aug'"),
-        (["run", "--task", "certified", "--plugin", str(PLUGINS / "broken_import.py")], "failed to import"),
-        (["run", "--task", "certified", "--plugin", str(PLUGINS / "no_protocol.py")], "does not implement `train`"),
+        (
+            ["run", "--task", "certified", "--plugin", str(PLUGINS / "broken_import.py")],
+            "failed to import",
+        ),
+        (
+            ["run", "--task", "certified", "--plugin", str(PLUGINS / "no_protocol.py")],
+            "does not implement `train`",
+        ),
         (["run", "--task", "certified", "--profile", "standard"], "--data-dir"),
-        (["run", "--task", "certified", "--profile", "standard", "--data-dir", "/nonexistent"], "MNIST/raw"),
+        (
+            ["run", "--task", "certified", "--profile", "standard", "--data-dir", "/nonexistent"],
+            "MNIST/raw",
+        ),
         (["run", "--task", "certified", "--timeout", "soon"], "cannot read duration"),
         (["leaderboard", "--task", "certified", "--results-dir", "/nonexistent"], "no records"),
     ],
@@ -112,7 +143,9 @@ def test_leaderboard_is_regenerated_from_records(dirs, capsys):
 
 def test_validate_passes_the_example_and_explains_failures(capsys):
     assert main(["validate", "--task", "certified", "--plugin", str(EXAMPLE)]) == 0
-    assert main(["validate", "--task", "certified", "--plugin", str(PLUGINS / "nan_model.py")]) == 1
+    assert (
+        main(["validate", "--task", "certified", "--plugin", str(PLUGINS / "nan_model.py")]) == 1
+    )
     out = capsys.readouterr().out
     assert "non-finite logits" in out and "got (16, 3)" in out
 

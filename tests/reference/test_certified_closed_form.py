@@ -57,12 +57,16 @@ def test_radius_is_below_exact_and_label_is_the_side(linear):
     dist = dist[np.abs(dist) > 0.05]
     x = points(model, dist)
     sigma, alpha = 0.5, 0.001
-    labels, radii, _ = certify_batch(model, x, sigma, 100, 20_000, alpha, 5000, torch.Generator().manual_seed(2))
+    labels, radii, _ = certify_batch(
+        model, x, sigma, 100, 20_000, alpha, 5000, torch.Generator().manual_seed(2)
+    )
     exact = exact_radius(model, x)
     certified = labels != -1
     assert certified.sum() >= 0.8 * len(dist)
     np.testing.assert_array_equal(labels[certified], (dist[certified] > 0).astype(int))
-    assert np.all(radii <= exact + 1e-9)  # fails with probability <= 24 * alpha for this seed's draw
+    assert np.all(
+        radii <= exact + 1e-9
+    )  # fails with probability <= 24 * alpha for this seed's draw
 
 
 def test_radius_exceeds_exact_with_at_most_alpha_probability(linear):
@@ -70,7 +74,9 @@ def test_radius_exceeds_exact_with_at_most_alpha_probability(linear):
     model, _ = linear
     x = points(model, [0.25]).repeat(400, 1)
     alpha = 0.05
-    _, radii, _ = certify_batch(model, x, 0.5, 50, 500, alpha, 20_000, torch.Generator().manual_seed(3))
+    _, radii, _ = certify_batch(
+        model, x, 0.5, 50, 500, alpha, 20_000, torch.Generator().manual_seed(3)
+    )
     violations = int(np.sum(radii > exact_radius(model, x[:1])[0]))
     # A conservative procedure violates at most Binomial(400, alpha); allow its 1e-6 tail.
     assert violations <= binom.ppf(1 - 1e-6, 400, alpha)
@@ -82,7 +88,9 @@ def test_radius_approaches_exact_as_n_grows(linear):
     exact = exact_radius(model, x)
     gaps = []
     for n in (1_000, 10_000, 200_000):
-        _, radii, _ = certify_batch(model, x, 0.5, 100, n, 0.001, 50_000, torch.Generator().manual_seed(4))
+        _, radii, _ = certify_batch(
+            model, x, 0.5, 100, n, 0.001, 50_000, torch.Generator().manual_seed(4)
+        )
         gaps.append(float(np.mean(exact - radii)))
     assert gaps[0] > gaps[1] > gaps[2] > 0
     assert gaps[2] < 0.03  # sigma * (Phi^-1(pA) - Phi^-1(pA_lower)) at n = 2e5
@@ -93,14 +101,19 @@ def test_pA_lower_matches_exact_probability(linear):
     sigma = 0.5
     x = points(model, [0.2])
     exact_pa = float(torch.distributions.Normal(0, 1).cdf(torch.tensor(0.2 / sigma)))
-    _, _, p_a = certify_batch(model, x, sigma, 100, 100_000, 0.001, 50_000, torch.Generator().manual_seed(5))
+    _, _, p_a = certify_batch(
+        model, x, sigma, 100, 100_000, 0.001, 50_000, torch.Generator().manual_seed(5)
+    )
     assert exact_pa - 0.01 < p_a[0] <= exact_pa + 1e-3
 
 
 def test_abstains_on_the_boundary(linear):
     model, _ = linear
     x = points(model, [0.0])[0]
-    assert certify(model, x, 0.5, 100, 10_000, 0.001, 5000, torch.Generator().manual_seed(6)) == (-1, 0.0)
+    assert certify(model, x, 0.5, 100, 10_000, 0.001, 5000, torch.Generator().manual_seed(6)) == (
+        -1,
+        0.0,
+    )
     assert predict(model, x, 0.5, 10_000, 0.001, 5000, torch.Generator().manual_seed(6)) == -1
 
 
@@ -108,7 +121,9 @@ def test_predict_returns_the_side_far_from_boundary(linear):
     model, _ = linear
     for d, label in ((1.0, 1), (-1.0, 0)):
         x = points(model, [d])[0]
-        assert predict(model, x, 0.25, 1000, 0.001, 1000, torch.Generator().manual_seed(7)) == label
+        assert (
+            predict(model, x, 0.25, 1000, 0.001, 1000, torch.Generator().manual_seed(7)) == label
+        )
 
 
 def test_predict_abstain_rule_is_the_binomial_test():
@@ -164,7 +179,9 @@ def test_batched_is_statistically_the_point_by_point_procedure(linear):
     model, _ = linear
     x = points(model, [0.15])
     reps = 300
-    ours = certify_batch(model, x.repeat(reps, 1), 0.5, 20, 300, 0.01, 30_000, torch.Generator().manual_seed(10))[1]
+    ours = certify_batch(
+        model, x.repeat(reps, 1), 0.5, 20, 300, 0.01, 30_000, torch.Generator().manual_seed(10)
+    )[1]
     gen = torch.Generator().manual_seed(11)
     ref = [certify_reference(model, x[0], 0.5, 20, 300, 0.01, 100, 2, gen)[1] for _ in range(reps)]
     assert ks_2samp(ours, ref).pvalue > 1e-3

@@ -41,7 +41,14 @@ def test_leaderboard_mean_std_rank_and_direction():
     assert a["acr_mean"] == pytest.approx(0.5) and a["acr_std"] == pytest.approx(math.sqrt(0.02))
     assert a["n_seeds"] == 2 and a["records"] == "a0 a1" and list(df["rank"]) == [1, 2]
     assert math.isnan(df.iloc[0]["acr_std"])  # one seed: no std
-    assert list(df.columns[:6]) == ["rank", "method", "method_version", "profile", "dataset", "sigma"]
+    assert list(df.columns[:6]) == [
+        "rank",
+        "method",
+        "method_version",
+        "profile",
+        "dataset",
+        "sigma",
+    ]
 
 
 def test_leaderboard_newest_record_per_seed_and_no_version_mixing():
@@ -140,5 +147,11 @@ def test_registry_rejects_duplicates_and_bad_constructors():
 
 def test_method_params_are_the_constructor_arguments():
     cls = registry.get_method_class("certified", "consistency")
-    assert cls(lbd=3.0).get_params() == {"m": 2, "lbd": 3.0, "eta": 0.5, "lr": 1e-3, "batch_size": 64}
+    assert cls(lbd=3.0).get_params() == {
+        "m": 2,
+        "lbd": 3.0,
+        "eta": 0.5,
+        "lr": 1e-3,
+        "batch_size": 64,
+    }
     assert cls.description().startswith("Jeong & Shin 2020")

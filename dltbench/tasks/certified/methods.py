@@ -54,7 +54,9 @@ class GaussianAugmentation(CertifiedMethod):
         def loss(m: nn.Module, x, y, g) -> torch.Tensor:
             return F.cross_entropy(m(gaussian(x, config.sigma, g)), y)
 
-        return fit_classifier(model, data.train, loss, ctx, config.epochs, self.batch_size, self.lr)
+        return fit_classifier(
+            model, data.train, loss, ctx, config.epochs, self.batch_size, self.lr
+        )
 
 
 @register_method(task="certified", name="consistency")
@@ -70,7 +72,14 @@ class Consistency(CertifiedMethod):
 
     version = "1"
 
-    def __init__(self, m: int = 2, lbd: float = 3.0, eta: float = 0.5, lr: float = 1e-3, batch_size: int = 64):
+    def __init__(
+        self,
+        m: int = 2,
+        lbd: float = 3.0,
+        eta: float = 0.5,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+    ):
         self.m = m
         self.lbd = lbd
         self.eta = eta
@@ -81,13 +90,21 @@ class Consistency(CertifiedMethod):
         """Train with the consistency-regularised loss at the smoothing sigma."""
         model = default_classifier(data.shape, data.num_classes)
         return fit_classifier(
-            model, data.train, self.loss(config.sigma), ctx, config.epochs, self.batch_size, self.lr
+            model,
+            data.train,
+            self.loss(config.sigma),
+            ctx,
+            config.epochs,
+            self.batch_size,
+            self.lr,
         )
 
     def loss(self, sigma: float):
         """The per-minibatch loss of the paper for noise level ``sigma``."""
 
-        def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        def loss(
+            model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+        ) -> torch.Tensor:
             noisy = gaussian(x.repeat(self.m, *([1] * (x.dim() - 1))), sigma, g)
             logits = model(noisy).view(self.m, len(x), -1)
             xent = F.cross_entropy(logits.flatten(0, 1), y.repeat(self.m))

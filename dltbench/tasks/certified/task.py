@@ -60,7 +60,9 @@ class CertifiedMethod(Method):
     """Protocol of a ``certified`` method: train a base classifier for noise level sigma."""
 
     @abstractmethod
-    def train(self, data: datasets.ImageDataset, config: CertifiedConfig, ctx: Context) -> nn.Module:
+    def train(
+        self, data: datasets.ImageDataset, config: CertifiedConfig, ctx: Context
+    ) -> nn.Module:
         """Return a base classifier: an nn.Module mapping (N, C, H, W) in [0, 1] to logits (N, K).
 
         ``data`` holds only the training split (``data.test`` is None); ``config.sigma``
@@ -117,7 +119,9 @@ class CertifiedTask(Task):
         ctx.progress("load data", 0, 1)
         return datasets.load(config.dataset, ctx.data_dir)
 
-    def fit(self, method: CertifiedMethod, data, config: CertifiedConfig, ctx: Context) -> nn.Module:
+    def fit(
+        self, method: CertifiedMethod, data, config: CertifiedConfig, ctx: Context
+    ) -> nn.Module:
         """Train the base classifier on the training split only."""
         return method.train(dataclasses.replace(data, test=None), config, ctx)
 
@@ -140,12 +144,17 @@ class CertifiedTask(Task):
             labels, radii = np.concatenate([labels, lab]), np.concatenate([radii, rad])
             ctx.progress("certify", min(i + chunk, len(idx)), len(idx))
         seconds = time.perf_counter() - start
-        pred = predict_batch(model, x, config.sigma, config.n_predict, config.alpha, config.batch_size, gen)
+        pred = predict_batch(
+            model, x, config.sigma, config.n_predict, config.alpha, config.batch_size, gen
+        )
         grid = np.round(np.arange(0.0, config.radius_max + 1e-9, config.radius_step), 6)
         correct = labels == y
         metrics = {
             "acr": float(np.mean(np.where(correct, radii, 0.0))),
-            **{f"certified_acc@{r:g}": certified_accuracy(labels, radii, y, r) for r in LEADERBOARD_RADII},
+            **{
+                f"certified_acc@{r:g}": certified_accuracy(labels, radii, y, r)
+                for r in LEADERBOARD_RADII
+            },
             "abstain_rate": float(np.mean(labels == ABSTAIN)),
             "smoothed_clean_acc": float(np.mean(pred == y)),
             "base_clean_acc": accuracy(model, data.test, ctx.device),
@@ -171,7 +180,9 @@ class CertifiedTask(Task):
 def check_classifier(artifact, data, config: CertifiedConfig, ctx: Context) -> nn.Module:
     """The harness's checks of a returned base classifier; raises InvalidArtifact with the reason."""
     if not isinstance(artifact, nn.Module):
-        raise InvalidArtifact(f"train() must return a torch.nn.Module, got {type(artifact).__name__}")
+        raise InvalidArtifact(
+            f"train() must return a torch.nn.Module, got {type(artifact).__name__}"
+        )
     model = artifact.to(ctx.device).eval()
     x = data.test.x[:8].to(ctx.device)
     probe = torch.cat([x, x + config.sigma * torch.randn(x.shape, generator=ctx.generator).to(x)])
@@ -179,11 +190,15 @@ def check_classifier(artifact, data, config: CertifiedConfig, ctx: Context) -> n
         with torch.no_grad():
             out = model(probe)
     except Exception as exc:
-        raise InvalidArtifact(f"the model failed on a batch of shape {tuple(probe.shape)}: {exc}") from exc
+        raise InvalidArtifact(
+            f"the model failed on a batch of shape {tuple(probe.shape)}: {exc}"
+        ) from exc
     k = data.num_classes
     if not isinstance(out, torch.Tensor) or out.shape != (len(probe), k):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidArtifact(f"the model must return logits of shape ({len(probe)}, {k}), got {shape}")
+        raise InvalidArtifact(
+            f"the model must return logits of shape ({len(probe)}, {k}), got {shape}"
+        )
     if not torch.isfinite(out).all():
         raise InvalidArtifact("the model returned non-finite logits (NaN or inf)")
     return model
