@@ -1,0 +1,64 @@
+"""asv benchmarks of the sampler task: leaderboard numbers (track_) and diagnostics/sampler speed (time_)."""
+
+import numpy as np
+import torch
+
+from dltbench import registry
+from dltbench.runner import RunOptions, execute_cell, plan
+from dltbench.tasks.sampler import SamplerTask, TargetView, diagnose, make_target, samplers
+
+METHODS = ["rwm", "imh", "gibbs", "ula", "mala", "hmc", "sgld"]
+TARGETS = [c.target for c in SamplerTask().configs("quick")]
+
+
+class TrackSampler:
+    """Built-in samplers on the quick profile, seed 0: what the leaderboard shows, over commits."""
+
+    params = (METHODS, TARGETS)
+    param_names = ["method", "target"]
+    # A new task version changes what the numbers mean: asv starts a new history.
+    version = SamplerTask.version
+    timeout = 1800
+
+    def setup_cache(self):
+        registry.discover("sampler")
+        task = registry.get_task("sampler")
+        out = {}
+        for cell in plan(task, METHODS, "quick", [0]):
+            r = execute_cell(cell, RunOptions(device="cpu", in_process=True))
+            out[(cell.method, cell.config.target)] = r.metrics
+        return out
+
+    def track_ess_bulk_per_1k_evals(self, cache, method, target):
+        return cache[(method, target)]["ess_bulk_per_1k_evals"]
+
+    track_ess_bulk_per_1k_evals.unit = "draws / 1000 evaluations"
+
+    def track_rhat_max(self, cache, method, target):
+        return cache[(method, target)]["rhat_max"]
+
+    track_rhat_max.unit = "ratio"
+
+
+class TimeDiagnostics:
+    """ArviZ bulk/tail ESS, R-hat and moment MCSEs of 4 chains x 2000 draws x 10 coordinates."""
+
+    def setup(self):
+        self.x = np.random.default_rng(0).standard_normal((4, 2000, 10))
+
+    def time_diagnose(self):
+        diagnose(self.x, np.zeros(10), np.ones(10))
+
+
+class TimeSamplers:
+    """1000 vectorized iterations, 4 chains, on the 10-d ill-conditioned Gaussian."""
+
+    params = ["rwm", "mala", "hmc"]
+    param_names = ["sampler"]
+
+    def setup(self, name):
+        self.target = TargetView(make_target("ill-gaussian-d10"))
+        self.init = torch.zeros(4, 10, dtype=torch.float64)
+
+    def time_sample(self, name):
+        getattr(samplers, name)(self.target, self.init, 1000, 0, torch.Generator().manual_seed(0))
