@@ -1,0 +1,124 @@
+"""First-order attacks: FGSM, PGD (l_inf and l_2, random start, restarts) and a universal perturbation.
+
+Every attack has the signature of an ``attack`` method's protocol,
+``f(model, x, y, eps, norm, generator=None, ...) -> x_adv``, with ``x`` (N, C, H, W) in
+[0, 1], ``eps`` in that pixel scale and ``norm`` in {"linf", "l2"}. The returned points
+lie in the eps-ball intersected with [0, 1] (the harness verifies this anyway).
+``model`` must already be in eval mode; the attacks never change it.
+
+Example::
+
+    from dltbench.tasks.robust import pgd
+    x_adv = pgd(model, x, y, eps=8 / 255, norm="linf", steps=10)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .threat import (
+    LOSSES, _bcast, ascent_direction, check_norm, project, project_ball, random_start,
+)
+
+
+def fgsm(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps on the CE loss.
+
+    For l2 the step is eps * g / ||g||_2 (the fast gradient method).
+    """
+    xa = x.detach().clone().requires_grad_(True)
+    loss = LOSSES["ce"](model(xa), y).sum()
+    (grad,) = torch.autograd.grad(loss, xa)
+    with torch.no_grad():
+        return project(x + eps * ascent_direction(grad, norm), x, eps, norm)
+
+
+def pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+    generator: torch.Generator | None = None, steps: int = 10, step_size: float | None = None,
+    restarts: int = 1, random_init: bool = True, loss: str = "ce",
+) -> torch.Tensor:
+    """Projected gradient ascent (Madry et al. 2018) on ``loss`` ("ce" or "cw" margin).
+
+    ``step_size`` defaults to 2.5 * eps / steps. Each restart attacks only the points
+    that no earlier restart fooled; a point keeps the first iterate that fooled the
+    model, else the last iterate of its last restart.
+    """
+    check_norm(norm)
+    step = 2.5 * eps / steps if step_size is None else step_size
+    out = x.detach().clone()
+    todo = torch.arange(len(x), device=x.device)
+    for r in range(max(1, restarts)):
+        if len(todo) == 0:
+            break
+        last = r == max(1, restarts) - 1
+        xa, fooled = _pgd_run(
+            model, x[todo], y[todo], eps, norm, steps, step, random_init or r > 0,
+            LOSSES[loss], generator, check_last=not last,
+        )  # fmt: skip
+        out[todo] = xa
+        todo = todo[~fooled]
+    return out
+
+
+def _pgd_run(model, x, y, eps, norm, steps, step, rand, loss_fn, generator, check_last):
+    """One PGD run; returns (x_adv, fooled) where fooled marks iterates seen misclassified."""
+    x = x.detach()
+    xa = random_start(x, eps, norm, generator) if rand else x.clone()
+    if norm == "linf":  # the ball and the box are one elementwise clamp for linf
+        lo, hi = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+    found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    best = xa
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        logits = model(xa)
+        (grad,) = torch.autograd.grad(loss_fn(logits, y).sum(), xa)
+        with torch.no_grad():
+            new = (logits.argmax(1) != y) & ~found
+            best = torch.where(_bcast(new, xa), xa, best)  # no host sync, unlike `if new.any()`
+            found |= new
+            if norm == "linf":
+                xa = torch.clamp(xa.detach() + step * grad.sign(), lo, hi)
+            else:
+                xa = project(xa.detach() + step * ascent_direction(grad, norm), x, eps, norm)
+    with torch.no_grad():
+        if check_last:
+            found_last = (model(xa).argmax(1) != y) & ~found
+        else:
+            found_last = torch.zeros_like(found)
+        best = torch.where(_bcast(found, xa), best, xa)
+        return best, found | found_last
+
+
+def universal(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+    generator: torch.Generator | None = None, steps: int = 40, step_size: float | None = None,
+) -> torch.Tensor:
+    """One input-agnostic perturbation for the whole batch (universal adversarial perturbation).
+
+    Projected gradient ascent on a single delta shared by all points (the SGD variant of
+    Moosavi-Dezfooli et al. 2017, as in Shafahi et al. 2020), maximising the mean CW
+    margin loss clipped at 0 so that fooled points stop pulling; x_adv = clip(x + delta).
+    """
+    check_norm(norm)
+    step = 2.5 * eps / steps if step_size is None else step_size
+    shape = (1, *x.shape[1:])
+    mid = torch.full(shape, 0.5, device=x.device, dtype=x.dtype)  # eps < 0.5: no clipping
+    delta = project_ball(random_start(mid, eps, norm, generator) - 0.5, eps, norm).detach()
+    best, best_fooled = delta.clone(), -1
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        logits = model((x + delta).clamp(0.0, 1.0))
+        loss = LOSSES["cw"](logits, y)
+        (grad,) = torch.autograd.grad(loss.clamp(max=0.0).sum(), delta)
+        with torch.no_grad():
+            fooled = int((loss > 0).sum())
+            if fooled > best_fooled:
+                best, best_fooled = delta.detach().clone(), fooled
+            delta = project_ball(delta + step * ascent_direction(grad, norm), eps, norm)
+    with torch.no_grad():
+        return (x + best).clamp(0.0, 1.0)

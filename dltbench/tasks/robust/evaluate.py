@@ -1,0 +1,215 @@
+"""Robust accuracy under an attack ensemble, budget verification and gradient-masking checks.
+
+A test point counts as robust only if it is classified correctly and every attack of the
+ensemble fails on it (the per-sample worst case, as AutoAttack reports). Every ``x_adv``
+an attack returns is verified first; an attack that breaks the threat model raises
+:class:`~dltbench.api.InvalidArtifact` with the reason and is never scored.
+
+Example::
+
+    from dltbench.tasks.robust import robust_accuracy
+    res = robust_accuracy(model, x, y, eps=0.1, norm="linf")
+    res.robust_accuracy, res.attack_accuracy["square"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...api import InvalidArtifact
+from .apgd import apgd, apgd_targeted
+from .square import square
+from .threat import check_norm, lp_norm
+
+#: Absolute slack (pixel scale) on ||x_adv - x||_p <= eps, for float32 rounding only.
+BUDGET_TOL = 1e-5
+
+Attack = Callable[..., torch.Tensor]  # (model, x, y, eps, norm, generator) -> x_adv
+GRADIENT_FREE = frozenset({"square"})
+
+
+def default_ensemble(apgd_steps: int = 100, n_targets: int = 9, square_queries: int = 5000) -> dict[str, Attack]:
+    """The harness's standard ensemble: APGD-CE, APGD-T (targeted DLR) and Square (AutoAttack's minus FAB-T)."""
+    return {
+        "apgd-ce": partial(apgd, steps=apgd_steps, loss="ce"),
+        "apgd-t": partial(apgd_targeted, steps=apgd_steps, n_targets=n_targets),
+        "square": partial(square, queries=square_queries),
+    }
+
+
+def verify_perturbation(x_adv, x: torch.Tensor, eps: float, norm: str, who: str = "the attack") -> torch.Tensor:
+    """Return ``x_adv`` if it is a valid adversarial input for (eps, norm), else raise InvalidArtifact.
+
+    Checks: a tensor of x's shape and dtype, finite, inside [0, 1], and
+    ||x_adv - x||_p <= eps + BUDGET_TOL for every point.
+    """
+    if not isinstance(x_adv, torch.Tensor):
+        raise InvalidArtifact(f"{who} returned {type(x_adv).__name__}, not a torch.Tensor")
+    if x_adv.shape != x.shape:
+        raise InvalidArtifact(f"{who} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
+    if x_adv.dtype != x.dtype:
+        raise InvalidArtifact(f"{who} returned dtype {x_adv.dtype}, expected {x.dtype}")
+    x_adv = x_adv.detach().to(x.device)
+    if not torch.isfinite(x_adv).all():
+        raise InvalidArtifact(f"{who} returned non-finite values (NaN or inf)")
+    lo, hi = float(x_adv.min()), float(x_adv.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InvalidArtifact(f"{who} left the [0, 1] box (values in [{lo:.4g}, {hi:.4g}])")
+    dist = lp_norm(x_adv - x, norm)
+    worst = float(dist.max()) if len(dist) else 0.0
+    if worst > eps + BUDGET_TOL:
+        n_bad = int((dist > eps + BUDGET_TOL).sum())
+        raise InvalidArtifact(
+            f"{who} broke the {norm} budget: ||x_adv - x|| = {worst:.6g} > eps = {eps:g} "
+            f"(+{BUDGET_TOL:g} tolerance) on {n_bad} of {len(dist)} points"
+        )
+    return x_adv
+
+
+@dataclass
+class RobustResult:
+    """Per-sample outcome of an ensemble evaluation (boolean arrays over the N points)."""
+
+    clean_correct: np.ndarray
+    robust: np.ndarray  # correct and no attack succeeded
+    per_attack: dict[str, np.ndarray]  # correct and this attack failed
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Fraction of points classified correctly without attack."""
+        return float(self.clean_correct.mean()) if len(self.clean_correct) else float("nan")
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction robust to every attack (per-sample worst case over the ensemble)."""
+        return float(self.robust.mean()) if len(self.robust) else float("nan")
+
+    @property
+    def attack_accuracy(self) -> dict[str, float]:
+        """Robust accuracy under each attack alone."""
+        return {k: float(v.mean()) for k, v in self.per_attack.items()}
+
+    def only_broken_by(self, names: set[str] | frozenset[str]) -> np.ndarray:
+        """Points broken by some attack in ``names`` while every other attack failed."""
+        inside = [v for k, v in self.per_attack.items() if k in names]
+        outside = [v for k, v in self.per_attack.items() if k not in names]
+        if not inside or not outside:
+            return np.zeros_like(self.robust)
+        return ~np.logical_and.reduce(inside) & np.logical_and.reduce(outside)
+
+
+def robust_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+    attacks: Mapping[str, Attack] | None = None, generator: torch.Generator | None = None,
+    batch_size: int = 500, standalone: bool = True,
+) -> RobustResult:
+    """Clean and robust accuracy of ``model`` on (x, y) at (eps, norm) under an attack ensemble.
+
+    ``attacks`` maps names to ``f(model, x, y, eps, norm, generator) -> x_adv`` (default:
+    :func:`default_ensemble`). With ``standalone`` every attack runs on every clean-correct
+    point, so per-attack accuracies are each attack's own; otherwise each attack runs only
+    on the points the previous ones failed on (AutoAttack's cheaper order), and the
+    per-attack numbers are cumulative. The per-sample worst case is the same either way
+    up to the attacks' randomness. The model is put in eval mode.
+    """
+    check_norm(norm)
+    attacks = dict(attacks) if attacks is not None else default_ensemble()
+    model.eval()
+    device = next((p.device for p in model.parameters()), x.device)
+    n = len(y)
+    clean = np.zeros(n, dtype=bool)
+    per = {k: np.zeros(n, dtype=bool) for k in attacks}
+    seconds = dict.fromkeys(attacks, 0.0)
+    for i in range(0, n, batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        with torch.no_grad():
+            ok = model(xb).argmax(1) == yb
+        clean[i : i + len(yb)] = ok.cpu().numpy()
+        alive = ok.clone()
+        for name, attack in attacks.items():
+            idx = (ok if standalone else alive).nonzero().flatten()
+            still = torch.zeros_like(ok)
+            if len(idx):
+                start = time.perf_counter()
+                xa = attack(model, xb[idx], yb[idx], eps, norm, generator=generator)
+                seconds[name] += time.perf_counter() - start
+                xa = verify_perturbation(xa, xb[idx], eps, norm, who=f"attack {name!r}")
+                with torch.no_grad():
+                    still[idx] = model(xa).argmax(1) == yb[idx]
+            alive &= still
+            per[name][i : i + len(yb)] = (still if standalone else alive).cpu().numpy()
+    robust = clean.copy()
+    for v in per.values():
+        robust &= v
+    return RobustResult(clean, robust, per, seconds)
+
+
+def masking_flags(
+    result: RobustResult, eps_curve: Mapping[float, float], large_eps_accuracy: float,
+    eps: float, square_only_threshold: float = 0.02,
+) -> list[str]:
+    """Signs of gradient masking (Athalye et al. 2018; Carlini et al. 2019), as short flag strings.
+
+    - ``gradient-free-beats-gradient``: the gradient-free attacks alone break at least
+      ``square_only_threshold`` of the points on which every gradient attack failed;
+    - ``no-decrease-with-eps``: the robust accuracy at the largest eps of ``eps_curve``
+      is not below the one at ``eps`` (while that is at least 0.05), or rises by more
+      than 0.01 between two consecutive eps;
+    - ``robust-at-large-eps``: a non-zero robust accuracy at an eps that allows any image.
+    """
+    flags = []
+    square_only = result.only_broken_by(GRADIENT_FREE)
+    if len(square_only) and square_only.mean() >= square_only_threshold:
+        flags.append("gradient-free-beats-gradient")
+    curve = sorted(eps_curve.items())
+    at = dict(curve).get(eps)
+    # an exact evaluator never rises with eps; allow a point of attack noise out of 100
+    rises = any(b[1] > a[1] + 0.01 for a, b in zip(curve, curve[1:], strict=False))
+    flat = at is not None and at >= 0.05 and curve[-1][0] > eps and curve[-1][1] >= at
+    if rises or flat:
+        flags.append("no-decrease-with-eps")
+    if large_eps_accuracy > 0:
+        flags.append("robust-at-large-eps")
+    return flags
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 (16 hex digits) of the model's parameters and buffers: the same weights, the same hash."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class CountingModel(nn.Module):
+    """Wraps a model and counts forward and backward passes, in images (for an attack's cost)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.forwards = 0
+        self.backwards = 0
+
+    def _count_backward(self, n: int) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            self.backwards += n
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped model's logits; counts len(x) forwards (and backwards when grads flow)."""
+        out = self.model(x)
+        self.forwards += len(x)
+        if out.requires_grad:
+            out.register_hook(self._count_backward(len(x)))
+        return out
