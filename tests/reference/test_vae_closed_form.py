@@ -12,7 +12,7 @@ import torch
 from sklearn.decomposition import PCA, FactorAnalysis
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from dltbench.tasks.vae import elbo, iwae_bound, iwae_bounds, marginal_iwae_bound
+from dltbench.tasks.vae import elbo, iwae_bound, iwae_bounds, marginal_elbo, marginal_iwae_bound
 
 F64 = dict(dtype=torch.float64)  # the closed forms are compared at ~1e-7
 
@@ -177,6 +177,20 @@ def test_marginal_bound_of_a_conditional_model_is_exact_with_exact_posteriors():
         torch.stack([p.log() + m.log_px(x) for p, m in zip(p_y, models, strict=True)]), 0
     )
     torch.testing.assert_close(marginal_iwae_bound(cond, x, 5, p_y, generator=gen()), exact)
+    torch.testing.assert_close(marginal_elbo(cond, x, p_y, 2, gen(), analytic_kl=False), exact)
+
+
+def test_marginal_elbo_is_below_marginal_iwae_for_an_inexact_encoder():
+    models = [make(seed=s, shift=0.5, inflate=2.0, diag_q=True)[0] for s in range(3)]
+    x = make(seed=7, n=100)[1]
+    p_y = torch.tensor([0.2, 0.5, 0.3], **F64)
+    cond = ConditionalLinearGaussian(models)
+    exact = torch.logsumexp(
+        torch.stack([p.log() + m.log_px(x) for p, m in zip(p_y, models, strict=True)]), 0
+    )
+    low = marginal_elbo(cond, x, p_y, 500, gen()).mean()
+    mid = marginal_iwae_bound(cond, x, 500, p_y, generator=gen()).mean()
+    assert low < mid <= exact.mean()
 
 
 def _data(d=8, n=300, seed=0):

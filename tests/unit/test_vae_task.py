@@ -99,6 +99,10 @@ def test_conditional_model_gets_marginal_and_conditional_bounds(data, config):
     torch.manual_seed(0)
     ev = TASK.evaluate(MLPVAE(64, 4, (16,), num_classes=10), data, config, Context(0, CPU))
     assert math.isfinite(ev.metrics["cond_iwae"]) and math.isfinite(ev.metrics["iwae"])
+    assert math.isfinite(ev.metrics["cond_elbo"])
+    # marginal bounds on log p(x): ELBO below IWAE; log p(x|y) - log p(x) <= -log min p(y)
+    assert ev.metrics["elbo"] < ev.metrics["iwae"]
+    assert ev.metrics["cond_iwae"] - ev.metrics["iwae"] < -math.log(float(data.label_prior.min())) + 0.5
     assert ev.estimator["conditional"] and len(ev.estimator["label_prior"]) == 10
 
 

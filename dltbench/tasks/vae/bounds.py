@@ -236,6 +236,30 @@ def elbo(
 
 
 @torch.no_grad()
+def marginal_elbo(
+    model: Any,
+    x: torch.Tensor,
+    label_prior: torch.Tensor,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+    analytic_kl: bool = True,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """ELBO on log p(x) of a conditional model: log sum_y p(y) exp(ELBO(x|y)), (N,) nats.
+
+    It is the ELBO of q(y, z|x) = q(y|x) q(z|x, y) with the best q(y|x), proportional to
+    p(y) exp(ELBO(x|y)); a lower bound on log p(x) because each ELBO(x|y) <= log p(x|y).
+    """
+    n = x.shape[0]
+    terms = []
+    for c, p_c in enumerate(label_prior.tolist()):
+        y = torch.full((n,), c, dtype=torch.long, device=x.device)
+        e = elbo(model, x, y, n_samples, generator, analytic_kl, batch_size).elbo
+        terms.append(math.log(p_c) + e.double())
+    return torch.logsumexp(torch.stack(terms), dim=0)
+
+
+@torch.no_grad()
 def posterior_means(
     model: Any, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 256
 ) -> torch.Tensor:
