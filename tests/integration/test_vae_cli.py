@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pandas as pd
 
@@ -13,6 +15,7 @@ from dltbench.cli import main
 def test_run_smoke_writes_records_and_a_leaderboard_that_excludes_the_autoencoder(tmp_path):
     res, lb = tmp_path / "results", tmp_path / "leaderboards"
     argv = ["run", "--task", "vae", "--smoke", "--seeds", "0", "--device", "cpu",
+            "--method", "vae", "beta-vae", "iwae", "cvae", "ae",
             "--results-dir", str(res), "--leaderboard-dir", str(lb)]  # fmt: skip
     assert main(argv) == 0
     records = [json.loads(line) for line in (res / "vae.jsonl").read_text().splitlines()]
@@ -21,7 +24,9 @@ def test_run_smoke_writes_records_and_a_leaderboard_that_excludes_the_autoencode
     assert all(r["status"] == "ok" and r["profile"] == "quick-smoke" for r in records)
     for name in ("vae", "beta-vae", "iwae", "cvae"):
         r = by_method[name]
-        assert r["metrics"]["elbo"] < 0 and r["metrics"]["iwae"] < 0  # log-likelihoods of binary data
+        assert (
+            r["metrics"]["elbo"] < 0 and r["metrics"]["iwae"] < 0
+        )  # log-likelihoods of binary data
         assert r["estimator"]["iwae_k"] == 20 and r["estimator"]["has_likelihood"]
         bpd = -r["metrics"]["iwae"] / (64 * math.log(2))
         assert abs(r["metrics"]["nll_bpd"] - bpd) < 1e-9
@@ -41,3 +46,14 @@ def test_run_smoke_writes_records_and_a_leaderboard_that_excludes_the_autoencode
     # A rerun resumes: nothing left to do, exit status 0 again.
     assert main(argv) == 0
     assert len((res / "vae.jsonl").read_text().splitlines()) == 5
+
+
+def test_the_documented_plugin_example_validates(tmp_path, capsys):
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "tasks" / "vae.md").read_text()
+    section = doc.split("## Writing a method", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    plugin = tmp_path / "wide_vae.py"
+    plugin.write_text(code)
+    assert main(["validate", "--task", "vae", "--plugin", str(plugin)]) == 0
+    out = capsys.readouterr().out
+    assert "wide-vae" in out and "FAIL" not in out

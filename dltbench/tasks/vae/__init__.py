@@ -25,6 +25,7 @@ from .bounds import (
     posterior_means,
 )
 from .checks import ModelInfo, check_model
+from .methods import neg_elbo
 from .nets import MLPVAE, MLPAutoencoder, PointMass, fit_model
 from .task import BINARIZE_SEED, BinaryData, VAEConfig, VAEMethod, VAETask, binarize, load_binary
 
@@ -53,5 +54,6 @@ __all__ = [
     "marginal_elbo",
     "marginal_iwae_bound",
     "nats_per_example",
+    "neg_elbo",
     "posterior_means",
 ]
