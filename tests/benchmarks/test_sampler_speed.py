@@ -43,7 +43,9 @@ def test_diagnostics_overhead_vs_arviz(benchmark):
 
     b, t, r = benchmark(ours)
     peer_s, ours_s = _best_of(peer), benchmark.stats.stats.min
-    benchmark.extra_info.update(ours_s=ours_s, arviz_direct_s=peer_s, overhead_ratio=ours_s / peer_s)
+    benchmark.extra_info.update(
+        ours_s=ours_s, arviz_direct_s=peer_s, overhead_ratio=ours_s / peer_s
+    )
     pb, pt, pr = peer()
     np.testing.assert_array_equal(b, pb["x"].values)
     np.testing.assert_array_equal(r, pr["x"].values)
@@ -76,7 +78,11 @@ def mala_per_chain_loop(target, init, n_draws, h, gen):
         for _ in range(n_draws):
             y = x + h * g + math.sqrt(2 * h) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
             lp_y, g_y = target.log_prob_and_grad(y)
-            log_a = lp_y - lp + (((y - x - h * g) ** 2).sum() - ((x - y - h * g_y) ** 2).sum()) / (4 * h)
+            log_a = (
+                lp_y
+                - lp
+                + (((y - x - h * g) ** 2).sum() - ((x - y - h * g_y) ** 2).sum()) / (4 * h)
+            )
             if math.log(float(torch.rand(1, generator=gen, dtype=x.dtype))) < float(log_a):
                 x, lp, g = y, lp_y, g_y
             chain.append(x[0])

@@ -63,7 +63,9 @@ def test_we_compute_exactly_what_arviz_computes():
     x = ar1(0.7, 4, 1000, 5, seed=3)
     ds = az.convert_to_dataset(x)
     np.testing.assert_array_equal(ess_bulk(x), az.ess(ds, method="bulk")["x"].values)
-    np.testing.assert_array_equal(ess_tail(x), az.ess(ds, method="tail", prob=(0.05, 0.95))["x"].values)
+    np.testing.assert_array_equal(
+        ess_tail(x), az.ess(ds, method="tail", prob=(0.05, 0.95))["x"].values
+    )
     np.testing.assert_array_equal(rhat(x), az.rhat(ds, method="rank")["x"].values)
 
 

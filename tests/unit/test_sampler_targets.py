@@ -11,7 +11,14 @@ from scipy.integrate import dblquad
 from dltbench.tasks.sampler import LEDGER, TargetView, evaluation_cost, make_target
 from dltbench.tasks.sampler.targets import DTYPE
 
-QUICK = ["gaussian-d10", "ill-gaussian-d10", "funnel-d10", "banana-d2", "mixture-d2", "logreg-iris"]
+QUICK = [
+    "gaussian-d10",
+    "ill-gaussian-d10",
+    "funnel-d10",
+    "banana-d2",
+    "mixture-d2",
+    "logreg-iris",
+]
 IID = [n for n in QUICK if not n.startswith("logreg")] + ["banana-d5", "mixture-d3"]
 
 
@@ -54,7 +61,9 @@ def test_gaussian_log_prob_is_scipy_logpdf(name):
 def test_funnel_log_prob_is_the_closed_form():
     t = make_target("funnel-d4")
     x = _points(t).numpy()
-    ref = stats.norm(0, 3).logpdf(x[:, 0]) + stats.norm(0, np.exp(x[:, :1] / 2)).logpdf(x[:, 1:]).sum(1)
+    ref = stats.norm(0, 3).logpdf(x[:, 0]) + stats.norm(0, np.exp(x[:, :1] / 2)).logpdf(
+        x[:, 1:]
+    ).sum(1)
     np.testing.assert_allclose(t.log_prob(torch.as_tensor(x)).numpy(), ref, rtol=1e-10)
 
 

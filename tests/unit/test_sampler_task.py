@@ -145,11 +145,21 @@ def test_invalid_cells_get_a_row_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
     monkeypatch.setattr(registry, "_ORIGIN", dict(registry._ORIGIN))
     registry.register_method(task="sampler", name="test-diverges")(_Diverges)
-    cell = Cell("sampler", "test-diverges", "quick-smoke", TASK.smoke(SamplerConfig("banana-d2", 4, 2000)), 0)
+    cell = Cell(
+        "sampler",
+        "test-diverges",
+        "quick-smoke",
+        TASK.smoke(SamplerConfig("banana-d2", 4, 2000)),
+        0,
+    )
     rec = execute_cell(cell, RunOptions(device="cpu", in_process=True, results_dir=tmp_path))
     assert rec.status == "invalid"
     df = build(TASK, [rec])
-    assert len(df) == 1 and not df.iloc[0]["eligible"] and "non-finite" in df.iloc[0]["excluded_reason"]
+    assert (
+        len(df) == 1
+        and not df.iloc[0]["eligible"]
+        and "non-finite" in df.iloc[0]["excluded_reason"]
+    )
 
 
 def test_configs_cover_every_target_family_per_profile():

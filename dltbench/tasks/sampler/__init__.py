@@ -11,8 +11,11 @@ Library use, no CLI needed::
     d.ess_bulk.min(), d.rhat.max(), d.passes
 """
 
-from . import methods  # noqa: F401  (registers the built-in methods)
-from . import samplers
+from . import (
+    methods,  # noqa: F401  (registers the built-in methods)
+    samplers,
+)
+from .catalog import TARGET_FAMILIES, make_target
 from .diagnostics import (
     MOMENT_ALPHA,
     RHAT_MAX,
@@ -27,7 +30,7 @@ from .diagnostics import (
     move_rate,
     rhat,
 )
-from .targets import LEDGER, TARGET_FAMILIES, Target, TargetView, evaluation_cost, make_target
+from .targets import LEDGER, Target, TargetView, evaluation_cost
 from .task import SamplerConfig, SamplerMethod, SamplerRun, SamplerTask, check_draws
 
 __all__ = [

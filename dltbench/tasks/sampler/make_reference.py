@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from ... import __version__
+from .catalog import make_target
 from .diagnostics import ess_bulk, mcse_mean, moment_z, rhat
 from .samplers import hmc, mala
-from .targets import _REFERENCE_FILE, TargetView, make_target
+from .targets import _REFERENCE_FILE, TargetView
 
 LOGREG_TARGETS: tuple[str, ...] = ("logreg-iris", "logreg-cancer")
 
@@ -70,7 +71,9 @@ def reference_moments(
 
 def main(argv: list[str] | None = None) -> None:
     """Recompute and write ``reference_moments.json``."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--targets", nargs="+", default=list(LOGREG_TARGETS))
     p.add_argument("--draws", type=int, default=20_000)
     p.add_argument("--chains", type=int, default=16)
@@ -80,10 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     store = json.loads(_REFERENCE_FILE.read_text()) if _REFERENCE_FILE.exists() else {}
-    store["about"] = "Reference posterior moments of the sampler task's logistic regressions; see make_reference.py."
+    store["about"] = (
+        "Reference posterior moments of the sampler task's logistic regressions; see make_reference.py."
+    )
     store.setdefault("targets", {})
     for name in args.targets:
-        ref = reference_moments(name, args.draws, args.chains, args.warmup, args.n_leapfrog, args.seed)
+        ref = reference_moments(
+            name, args.draws, args.chains, args.warmup, args.n_leapfrog, args.seed
+        )
         store["targets"][name] = ref
         print(f"{name}: rhat_max={ref['rhat_max']:.4f} ess_bulk_min={ref['ess_bulk_min']:.0f} "
               f"cross-check max|z| mean={ref['cross_check']['max_abs_z_mean']:.2f} "

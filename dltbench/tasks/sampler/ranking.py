@@ -40,13 +40,18 @@ def eligibility(df: pd.DataFrame, records: list[Result]) -> pd.DataFrame:
     eligible, reasons = [], []
     for _, row in df.iterrows():
         recs = [by_id[i] for i in str(row["records"]).split() if i in by_id]
-        na = next((r.estimator["not_applicable"] for r in recs if r.estimator.get("not_applicable")), None)
+        na = next(
+            (r.estimator["not_applicable"] for r in recs if r.estimator.get("not_applicable")),
+            None,
+        )
         if na:
             eligible.append(False)
             reasons.append(f"not applicable: {na}")
             continue
         why = [f"seed {r.seed}: {'; '.join(f)}" for r in recs if (f := _fails(r))]
-        invalid = _invalid_for(records, row["method"], row["profile"], row["target"], row["config_hash"])
+        invalid = _invalid_for(
+            records, row["method"], row["profile"], row["target"], row["config_hash"]
+        )
         why += [f"seed {r.seed} invalid: {_first(r.error)}" for r in invalid if r.seed not in
                 {x.seed for x in recs}]  # fmt: skip
         eligible.append(not why)
@@ -67,7 +72,12 @@ def _first(text: str | None) -> str:
 def _invalid_for(records, method, profile, target, config_hash) -> list[Result]:
     newest: dict[int, Result] = {}
     for r in records:
-        if (r.method, r.profile, r.setting.get("target"), r.config_hash) == (method, profile, target, config_hash):
+        if (r.method, r.profile, r.setting.get("target"), r.config_hash) == (
+            method,
+            profile,
+            target,
+            config_hash,
+        ):
             newest[r.seed] = r  # file order is time order
     return [r for r in newest.values() if r.status == "invalid"]
 
@@ -95,4 +105,3 @@ def _invalid_rows(df: pd.DataFrame, records: list[Result]) -> list[dict]:
             "excluded_reason": f"invalid (seeds {' '.join(map(str, seeds))}): {_first(newest.error)}",
         })  # fmt: skip
     return rows
-

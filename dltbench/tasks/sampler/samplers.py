@@ -52,7 +52,9 @@ def rwm(target, init, n_draws: int, n_warmup: int, gen: torch.Generator) -> torc
     """Random-walk Metropolis with an isotropic Gaussian proposal, step adapted to 0.234."""
     x = init.clone()
     lp = target.log_prob(x)
-    log_h = torch.full((len(x),), math.log(2.38 / math.sqrt(x.shape[1])), dtype=x.dtype, device=x.device)
+    log_h = torch.full(
+        (len(x),), math.log(2.38 / math.sqrt(x.shape[1])), dtype=x.dtype, device=x.device
+    )
     out = _run(n_warmup, n_draws, x)
     for t in range(n_warmup + n_draws):
         y = x + log_h.exp()[:, None] * _randn(x, gen)
@@ -83,7 +85,9 @@ def mala(target, init, n_draws: int, n_warmup: int, gen: torch.Generator) -> tor
     """Metropolis-adjusted Langevin, step adapted to acceptance 0.574."""
     x = init.clone()
     lp, g = target.log_prob_and_grad(x)
-    log_h = torch.full((len(x),), math.log(0.1 / x.shape[1] ** (1 / 3)), dtype=x.dtype, device=x.device)
+    log_h = torch.full(
+        (len(x),), math.log(0.1 / x.shape[1] ** (1 / 3)), dtype=x.dtype, device=x.device
+    )
     out = _run(n_warmup, n_draws, x)
     for t in range(n_warmup + n_draws):
         x, lp, g, log_a = _mala_step(target, x, lp, g, log_h, gen)
@@ -94,18 +98,24 @@ def mala(target, init, n_draws: int, n_warmup: int, gen: torch.Generator) -> tor
     return out
 
 
-def mala_warmup(target, init, n_warmup: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mala_warmup(
+    target, init, n_warmup: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run MALA's warm-up only; return the last state and each chain's adapted step (ULA, SGLD)."""
     x = init.clone()
     lp, g = target.log_prob_and_grad(x)
-    log_h = torch.full((len(x),), math.log(0.1 / x.shape[1] ** (1 / 3)), dtype=x.dtype, device=x.device)
+    log_h = torch.full(
+        (len(x),), math.log(0.1 / x.shape[1] ** (1 / 3)), dtype=x.dtype, device=x.device
+    )
     for t in range(n_warmup):
         x, lp, g, log_a = _mala_step(target, x, lp, g, log_h, gen)
         log_h = _adapt(log_h, log_a, t, ACCEPT_MALA)
     return x, log_h.exp()
 
 
-def ula(target, init, n_draws: int, n_warmup: int, gen: torch.Generator, step_factor: float = 0.25) -> torch.Tensor:
+def ula(
+    target, init, n_draws: int, n_warmup: int, gen: torch.Generator, step_factor: float = 0.25
+) -> torch.Tensor:
     """Unadjusted Langevin: x + h grad + sqrt(2h) xi, h = step_factor * MALA's adapted step."""
     x, h = mala_warmup(target, init, n_warmup, gen)
     h = (step_factor * h)[:, None]
@@ -142,7 +152,9 @@ def hmc(
     """
     x = init.clone()
     lp, g = target.log_prob_and_grad(x)
-    log_h = torch.full((len(x),), math.log(0.5 / x.shape[1] ** 0.25), dtype=x.dtype, device=x.device)
+    log_h = torch.full(
+        (len(x),), math.log(0.5 / x.shape[1] ** 0.25), dtype=x.dtype, device=x.device
+    )
     out = _run(n_warmup, n_draws, x)
     for t in range(n_warmup + n_draws):
         u = torch.rand(len(x), generator=gen, device=x.device, dtype=x.dtype)
@@ -156,7 +168,11 @@ def hmc(
         log_a = (lp_q - 0.5 * (p**2).sum(1)) - (lp - 0.5 * (p0**2).sum(1))
         log_a = torch.nan_to_num(log_a, nan=-math.inf)
         ok = _log_u(len(x), x, gen) < log_a
-        x, lp, g = torch.where(ok[:, None], q, x), torch.where(ok, lp_q, lp), torch.where(ok[:, None], g_q, g)
+        x, lp, g = (
+            torch.where(ok[:, None], q, x),
+            torch.where(ok, lp_q, lp),
+            torch.where(ok[:, None], g_q, g),
+        )
         if t < n_warmup:
             log_h = _adapt(log_h, log_a, t, ACCEPT_HMC)
         else:
@@ -190,7 +206,9 @@ def independence_mh(
     warm = rwm(target, init, n_rwm - n_rwm // 2, n_rwm // 2, gen)
     pooled = warm.reshape(-1, warm.shape[2])
     m = pooled.mean(0)
-    cov = torch.atleast_2d(torch.cov(pooled.T)) + 1e-9 * torch.eye(len(m), dtype=m.dtype, device=m.device)
+    cov = torch.atleast_2d(torch.cov(pooled.T)) + 1e-9 * torch.eye(
+        len(m), dtype=m.dtype, device=m.device
+    )
     chol = inflation * torch.linalg.cholesky(cov)
 
     def log_q(z):

@@ -20,9 +20,7 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -134,7 +132,9 @@ class GaussianTarget(Target):
 
     capabilities = frozenset({"gradient", "conditionals"})
 
-    def __init__(self, name: str, mean: torch.Tensor, q: torch.Tensor, lam: torch.Tensor, device="cpu"):
+    def __init__(
+        self, name: str, mean: torch.Tensor, q: torch.Tensor, lam: torch.Tensor, device="cpu"
+    ):
         self.name, self.dim = name, len(mean)
         super().__init__(device)
         cov = (q * lam) @ q.T
@@ -166,7 +166,13 @@ class GaussianTarget(Target):
 def isotropic_gaussian(dim: int, device="cpu") -> GaussianTarget:
     """N(0, I_dim)."""
     eye = torch.eye(dim, dtype=DTYPE)
-    return GaussianTarget(f"gaussian-d{dim}", torch.zeros(dim, dtype=DTYPE), eye, torch.ones(dim, dtype=DTYPE), device)
+    return GaussianTarget(
+        f"gaussian-d{dim}",
+        torch.zeros(dim, dtype=DTYPE),
+        eye,
+        torch.ones(dim, dtype=DTYPE),
+        device,
+    )
 
 
 def ill_conditioned_gaussian(dim: int, condition: float = 100.0, device="cpu") -> GaussianTarget:
@@ -280,100 +286,6 @@ class Mixture(Target):
         return z
 
 
-class LogisticRegression(Target):
-    """Bayesian logistic regression, prior N(0, prior_sd^2) on every coefficient (intercept too).
-
-    Unnormalized posterior (``normalized = False``); its moments are the stored
-    reference of ``reference_moments.json`` (see ``make_reference.py``).
-    """
-
-    capabilities = frozenset({"gradient", "minibatch"})
-    normalized = False
-    exact = False
-
-    def __init__(self, name: str, x: torch.Tensor, y: torch.Tensor, prior_sd: float = 1.0, device="cpu"):
-        self.name, self.dim, self.n_data, self.prior_sd = name, x.shape[1], len(y), prior_sd
-        super().__init__(device)
-        self._x, self._y = x.to(self.device, DTYPE), y.to(self.device, DTYPE)
-        ref = load_reference(name)
-        nan = torch.full((self.dim,), float("nan"), dtype=DTYPE)
-        self.reference = ref
-        self.mean = torch.tensor(ref["mean"], dtype=DTYPE) if ref else nan
-        self.var = torch.tensor(ref["var"], dtype=DTYPE) if ref else nan.clone()
-        if ref:
-            self.mean_se = torch.tensor(ref["mean_mcse"], dtype=DTYPE)
-            self.var_se = torch.tensor(ref["var_mcse"], dtype=DTYPE)
-
-    def _loglik_terms(self, beta, x, y):
-        eta = beta @ x.T  # (n_chains, n_data)
-        return y * eta - torch.nn.functional.softplus(eta), eta
-
-    def _log_prob(self, beta):
-        ll, _ = self._loglik_terms(beta, self._x, self._y)
-        return ll.sum(1) - 0.5 * (beta**2).sum(1) / self.prior_sd**2
-
-    def _grad(self, beta):
-        eta = beta @ self._x.T
-        return (self._y - torch.sigmoid(eta)) @ self._x - beta / self.prior_sd**2
-
-    def _minibatch_grad(self, beta, idx):
-        x, y = self._x[idx], self._y[idx]
-        scale = self.n_data / len(idx)
-        return scale * (y - torch.sigmoid(beta @ x.T)) @ x - beta / self.prior_sd**2
-
-
-def iris_logistic(device="cpu") -> LogisticRegression:
-    """Iris, versicolor (0) vs virginica (1): 4 z-scored features + intercept, prior N(0, 1)."""
-    from sklearn.datasets import load_iris
-
-    x, y = load_iris(return_X_y=True)
-    keep = y > 0
-    return _logistic("logreg-iris", x[keep], (y[keep] == 2).astype(float), device)
-
-
-def cancer_logistic(device="cpu") -> LogisticRegression:
-    """Breast cancer (malignant 0 / benign 1): 30 z-scored features + intercept, prior N(0, 1)."""
-    from sklearn.datasets import load_breast_cancer
-
-    x, y = load_breast_cancer(return_X_y=True)
-    return _logistic("logreg-cancer", x, y.astype(float), device)
-
-
-def _logistic(name, x, y, device) -> LogisticRegression:
-    x = torch.as_tensor(x, dtype=DTYPE)
-    x = (x - x.mean(0)) / x.std(0)
-    x = torch.cat([torch.ones(len(x), 1, dtype=DTYPE), x], 1)
-    return LogisticRegression(name, x, torch.as_tensor(y, dtype=DTYPE), 1.0, device)
-
-
-def load_reference(name: str) -> dict | None:
-    """The stored reference moments of target ``name`` (with how they were made), or None."""
-    if not _REFERENCE_FILE.exists():
-        return None
-    return json.loads(_REFERENCE_FILE.read_text()).get("targets", {}).get(name)
-
-
-_FAMILIES = {
-    "gaussian": isotropic_gaussian,
-    "ill-gaussian": ill_conditioned_gaussian,
-    "funnel": Funnel,
-    "banana": Banana,
-    "mixture": Mixture,
-}
-_DATASETS = {"logreg-iris": iris_logistic, "logreg-cancer": cancer_logistic}
-TARGET_FAMILIES: tuple[str, ...] = (*_FAMILIES, *_DATASETS)
-
-
-def make_target(name: str, device: torch.device | str = "cpu") -> Target:
-    """A target by name: ``<family>-d<dim>`` (gaussian, ill-gaussian, funnel, banana, mixture) or a logreg."""
-    if name in _DATASETS:
-        return _DATASETS[name](device)
-    m = re.fullmatch(r"([a-z-]+)-d(\d+)", name)
-    if not m or m.group(1) not in _FAMILIES:
-        raise ValueError(f"unknown target {name!r}; families: {', '.join(TARGET_FAMILIES)} (e.g. funnel-d10)")
-    return _FAMILIES[m.group(1)](int(m.group(2)), device=device)
-
-
 class TargetView:
     """What a sampler sees: the counted density, gradient, conditionals and minibatches, no moments."""
 
@@ -386,8 +298,12 @@ class TargetView:
     dim = property(lambda self: self._t.dim, doc="dimension")
     device = property(lambda self: self._t.device, doc="device the target evaluates on")
     dtype = property(lambda self: DTYPE, doc="float64")
-    capabilities = property(lambda self: self._t.capabilities, doc="gradient, conditionals, minibatch")
-    n_data = property(lambda self: self._t.n_data, doc="data points (minibatch targets), else None")
+    capabilities = property(
+        lambda self: self._t.capabilities, doc="gradient, conditionals, minibatch"
+    )
+    n_data = property(
+        lambda self: self._t.n_data, doc="data points (minibatch targets), else None"
+    )
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density (nats), (n, dim) -> (n,); counted."""

@@ -13,9 +13,10 @@ import torch
 
 from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task
 from ...registry import register_task
+from .catalog import make_target
 from .diagnostics import RHAT_MAX, TAIL_PROB, diagnose
 from .ranking import eligibility
-from .targets import LEDGER, Target, TargetView, evaluation_cost, make_target
+from .targets import LEDGER, Target, TargetView, evaluation_cost
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,12 @@ class SamplerMethod(Method):
 
     @abstractmethod
     def sample(
-        self, target: TargetView, n_draws: int, n_chains: int, init: torch.Tensor, generator: torch.Generator
+        self,
+        target: TargetView,
+        n_draws: int,
+        n_chains: int,
+        init: torch.Tensor,
+        generator: torch.Generator,
     ) -> torch.Tensor:
         """Return draws of shape (n_chains, n_draws, target.dim) starting from ``init`` (n_chains, dim).
 
@@ -84,7 +90,9 @@ class SamplerTask(Task):
 
     name = "sampler"
     version = "1"
-    description = "MCMC samplers scored by ESS per evaluation, R-hat and moment errors (Vehtari et al. 2021)"
+    description = (
+        "MCMC samplers scored by ESS per evaluation, R-hat and moment errors (Vehtari et al. 2021)"
+    )
     method_type = SamplerMethod
     protocol = "sample"
     primary_metric = "ess_bulk_per_1k_evals"
@@ -120,11 +128,15 @@ class SamplerTask(Task):
         target = make_target(config.target, ctx.device)
         return SamplerData(target, target.init(config.n_chains, ctx.generator))
 
-    def fit(self, method: SamplerMethod, data: SamplerData, config: SamplerConfig, ctx: Context) -> SamplerRun:
+    def fit(
+        self, method: SamplerMethod, data: SamplerData, config: SamplerConfig, ctx: Context
+    ) -> SamplerRun:
         """Run the sampler on a counted view of the target and time it."""
         missing = [c for c in method.requires if c not in data.target.capabilities]
         if missing:
-            why = f"{method.name} needs {', '.join(missing)}, which {config.target} does not provide"
+            why = (
+                f"{method.name} needs {', '.join(missing)}, which {config.target} does not provide"
+            )
             return SamplerRun(None, {}, 0.0, not_applicable=why)
         view, gen = TargetView(data.target), ctx.device_generator()
         ctx.progress("sample", 0, 1)
@@ -145,7 +157,9 @@ class SamplerTask(Task):
         ctx.progress("sample", 1, 1)
         return SamplerRun(draws, counts, seconds)
 
-    def evaluate(self, artifact: SamplerRun, data: SamplerData, config: SamplerConfig, ctx: Context) -> Evaluation:
+    def evaluate(
+        self, artifact: SamplerRun, data: SamplerData, config: SamplerConfig, ctx: Context
+    ) -> Evaluation:
         """Verify the draws and the accounting, then compute the diagnostics with ArviZ."""
         target = data.target
         estimator = {
@@ -165,7 +179,13 @@ class SamplerTask(Task):
         draws = check_draws(artifact, config, target.dim)
         cost = evaluation_cost(artifact.counts, target.dim, target.n_data)
         ctx.progress("diagnostics", 0, 1)
-        d = diagnose(draws, target.mean.numpy(), target.var.numpy(), target.mean_se.numpy(), target.var_se.numpy())
+        d = diagnose(
+            draws,
+            target.mean.numpy(),
+            target.var.numpy(),
+            target.mean_se.numpy(),
+            target.var_se.numpy(),
+        )
         ess_min = float(d.ess_bulk.min())
         metrics = {
             "ess_bulk_per_1k_evals": 1000.0 * ess_min / cost,
@@ -200,19 +220,29 @@ def check_draws(run: Any, config: SamplerConfig, dim: int) -> np.ndarray:
     if isinstance(draws, torch.Tensor):
         draws = draws.detach().to("cpu", torch.float64).numpy()
     if not isinstance(draws, np.ndarray):
-        raise InvalidArtifact(f"sample() must return a tensor or array, got {type(run.draws).__name__}")
+        raise InvalidArtifact(
+            f"sample() must return a tensor or array, got {type(run.draws).__name__}"
+        )
     want = (config.n_chains, config.n_draws, dim)
     if draws.shape != want:
-        raise InvalidArtifact(f"sample() must return draws of shape {want} (chains, draws, dim), got {draws.shape}")
+        raise InvalidArtifact(
+            f"sample() must return draws of shape {want} (chains, draws, dim), got {draws.shape}"
+        )
     draws = draws.astype(np.float64)
     if not np.isfinite(draws).all():
         bad = int((~np.isfinite(draws).all(axis=(1, 2))).sum())
-        raise InvalidArtifact(f"non-finite draws (NaN or inf) in {bad} of {want[0]} chains: the sampler diverged")
+        raise InvalidArtifact(
+            f"non-finite draws (NaN or inf) in {bad} of {want[0]} chains: the sampler diverged"
+        )
     if run.counts.get("iid", 0):
-        raise InvalidArtifact("the sampler drew exact samples from the target (sample_iid is harness-only)")
+        raise InvalidArtifact(
+            "the sampler drew exact samples from the target (sample_iid is harness-only)"
+        )
     if (run.counts.get("density", 0) + run.counts.get("grad", 0) + run.counts.get("conditional", 0)
             + run.counts.get("data_grad", 0)) == 0:  # fmt: skip
-        raise InvalidArtifact("the sampler never evaluated the target: its draws cannot come from MCMC on it")
+        raise InvalidArtifact(
+            "the sampler never evaluated the target: its draws cannot come from MCMC on it"
+        )
     return draws
 
 
