@@ -50,8 +50,8 @@ class RobustConfig:
 
 
 _GRID = {
-    "quick": dict(dataset="digits", threats=(("linf", 0.1), ("l2", 0.5)), epochs=20, at_steps=5,
-                  n_test=200, apgd_steps=50, apgd_targets=5, square_queries=500, pgd_steps=20,
+    "quick": dict(dataset="digits", threats=(("linf", 0.1), ("l2", 0.5)), epochs=15, at_steps=3,
+                  n_test=200, apgd_steps=25, apgd_targets=3, square_queries=300, pgd_steps=10,
                   batch_size=500),
     # MNIST: l_inf 0.3 and l_2 2.0 (Madry et al. 2018; Croce & Hein 2020)
     "standard": dict(dataset="mnist", threats=(("linf", 0.3), ("l2", 2.0)), epochs=20, at_steps=40,
