@@ -180,6 +180,8 @@ def marginal_iwae_bound(
     n = x.shape[0]
     terms = []
     for c, p_c in enumerate(label_prior.tolist()):
+        if p_c <= 0:  # a class of probability 0 adds nothing to the sum
+            continue
         y = torch.full((n,), c, dtype=torch.long, device=x.device)
         terms.append(math.log(p_c) + iwae_bound(model, x, k, y, generator, k_chunk, batch_size))
     return torch.logsumexp(torch.stack(terms), dim=0)
@@ -253,6 +255,8 @@ def marginal_elbo(
     n = x.shape[0]
     terms = []
     for c, p_c in enumerate(label_prior.tolist()):
+        if p_c <= 0:
+            continue
         y = torch.full((n,), c, dtype=torch.long, device=x.device)
         e = elbo(model, x, y, n_samples, generator, analytic_kl, batch_size).elbo
         terms.append(math.log(p_c) + e.double())
