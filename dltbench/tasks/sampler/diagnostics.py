@@ -34,7 +34,10 @@ MOMENT_ALPHA: float = 0.01
 
 def _per_dim(draws: np.ndarray, fn) -> np.ndarray:
     draws = _check(draws)
-    return np.array([float(fn(draws[:, :, i])) for i in range(draws.shape[2])])
+    # .item(): with numba installed ArviZ returns 1-element arrays, which float() rejects on numpy 2.5
+    return np.array(
+        [np.asarray(fn(draws[:, :, i]), dtype=float).item() for i in range(draws.shape[2])]
+    )
 
 
 def _check(draws) -> np.ndarray:
