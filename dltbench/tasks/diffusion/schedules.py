@@ -130,12 +130,12 @@ LOG_SNR_END = -10.5
 
 def t_max(schedule: Schedule, log_snr_end: float | None = LOG_SNR_END) -> float:
     """The time in (t_min, 1] where lambda first reaches ``log_snr_end`` (1 if it never does)."""
-    if log_snr_end is None or float(schedule.log_snr(torch.tensor([1.0]))[0]) >= log_snr_end:
+    if log_snr_end is None or float(schedule.log_snr(torch.ones(1, dtype=torch.float64))[0]) >= log_snr_end:
         return 1.0
     lo, hi = float(schedule.t_min), 1.0
     for _ in range(60):  # lambda is decreasing: bisection to float64 resolution
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if float(schedule.log_snr(torch.tensor([mid]))[0]) > log_snr_end else (lo, mid)
+        lo, hi = (mid, hi) if float(schedule.log_snr(torch.tensor([mid], dtype=torch.float64))[0]) > log_snr_end else (lo, mid)
     return hi
 
 

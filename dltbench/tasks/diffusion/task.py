@@ -16,7 +16,7 @@ from ...registry import register_task
 from . import data as ddata
 from .likelihood import LN2, dequantize, nats_to_bits_per_dim, ode_nll, resolve_backend, vlb_terms
 from .sampling import median_bandwidth, mmd2, sample
-from .schedules import LOG_SNR_END, PREDICTIONS, DiscreteSchedule, Schedule
+from .schedules import LOG_SNR_END, PREDICTIONS, Schedule
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,14 @@ class DiffusionConfig:
     n_test: int  # test points scored (the first n_test of the fixed test set)
     train_steps: int  # the methods' budget, in optimizer steps
     batch_size: int  # training minibatch
-    vlb_steps: int  # T of the VLB for continuous-time models (a discrete one uses its own T)
+    vlb_steps: int  # T of the VLB (a discrete schedule with more steps is respaced evenly)
     ode_rtol: float
     ode_atol: float
     exact_trace_max_dim: int  # exact divergence up to this D, Hutchinson above
     dequantization: str  # centered (K-1 "255" bins) | song (K "256" bins), discrete data only
     n_samples: int  # samples drawn by each sampler for the MMD
     ddim_steps: int
-    ddpm_steps: int  # for continuous-time models (a discrete one uses its own T)
+    ddpm_steps: int  # (a discrete schedule with more steps is respaced evenly)
     stored_samples: int  # samples of each sampler kept in the record's curves
     ode_backend: str = "auto"  # torchdiffeq when installed, else scipy (recorded)
 
@@ -146,7 +146,6 @@ class DiffusionTask(Task):
         model = check_model(artifact, data, ctx)
         x = data.test.to(ctx.device)
         gen, dim = ctx.device_generator(), data.dim
-        discrete_steps = isinstance(model.schedule, DiscreteSchedule)
         start = time.perf_counter()
         chunk = 256
         vlb = []
@@ -185,7 +184,6 @@ class DiffusionTask(Task):
         bandwidth = median_bandwidth(x)
         curves: dict = {"samples": {}}
         for name, eta, steps in (("ddim", 0.0, config.ddim_steps), ("ddpm", 1.0, config.ddpm_steps)):
-            steps = None if (discrete_steps and name == "ddpm") else steps
             clip = None if data.levels is None else (-1.0, 1.0)
             s = sample(model, config.n_samples, dim, steps, eta, gen, ctx.device, clip)
             if not torch.isfinite(s).all():
@@ -206,7 +204,8 @@ def estimator_dict(model, data, config: DiffusionConfig, res, offset: float, ban
     """The conventions every number of a record depends on."""
     discrete = data.levels is not None
     sched: Schedule = model.schedule
-    vlb_steps = sched.steps if isinstance(sched, DiscreteSchedule) else config.vlb_steps
+    # A discrete schedule with more steps than asked is respaced to evenly spaced ones of them.
+    vlb_steps = len(sched.timesteps(config.vlb_steps))
     return {
         "test_points": n,
         "dim": data.dim,
@@ -235,7 +234,7 @@ def estimator_dict(model, data, config: DiffusionConfig, res, offset: float, ban
         },
         "true_nll": "exact log-density of the data at x_0" if not discrete else None,
         "samples": {"n": config.n_samples, "ddim_steps": config.ddim_steps, "ddim_eta": 0.0,
-                    "ddpm_steps": sched.steps if isinstance(sched, DiscreteSchedule) else config.ddpm_steps,
+                    "ddpm_steps": len(sched.timesteps(config.ddpm_steps)),
                     "ddpm_eta": 1.0, "output": "x0-prediction at t_min", "start": "N(0, I) at the last step <= t_max",
                     "x0_clip": None if not discrete else [-1.0, 1.0],
                     "stored": config.stored_samples,

@@ -1,0 +1,218 @@
+"""Closed-form checks of the diffusion evaluators: Gaussian data under its exact denoiser,
+the discretized decoder against scipy's normal CDF, unit conversions, and torchdiffeq vs scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from dltbench.tasks.diffusion import (
+    CosineSchedule,
+    DiscreteSchedule,
+    GaussianDenoiser,
+    LinearSchedule,
+    bits_per_dim_to_nats,
+    dequantize,
+    discretized_gaussian_log_likelihood,
+    gaussian_entropy,
+    gaussian_marginal_log_density,
+    linear_alphas_cumprod,
+    log_diff_ndtr,
+    nats_to_bits_per_dim,
+    ode_nll,
+    to_grid,
+    vlb_bits_per_dim,
+    vlb_terms,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: one thread is faster, and the test machine is shared.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def gaussian_problem(dim: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    mean = 0.5 * torch.randn(dim, generator=g, dtype=torch.float64)
+    a = 0.6 * torch.randn(dim, dim, generator=g, dtype=torch.float64)
+    cov = a @ a.T + 0.05 * torch.eye(dim, dtype=torch.float64)
+    return mean, cov, g
+
+
+SCHEDULES = {
+    "linear": LinearSchedule(),
+    "cosine": CosineSchedule(),
+    "discrete-linear": DiscreteSchedule(linear_alphas_cumprod(1000)),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_ode_nll_equals_exact_gaussian_density(name):
+    """With the exact denoiser the flow is exact: -log N(x; alpha m, alpha^2 S + sigma^2 I) at t_min."""
+    sched = SCHEDULES[name]
+    mean, cov, g = gaussian_problem()
+    model = GaussianDenoiser(mean, cov, sched)
+    x = torch.distributions.MultivariateNormal(mean, cov).sample((16,))
+    # A discrete schedule's log-SNR is piecewise linear: its 1000 kinks make a tight
+    # tolerance slow and cost the adaptive solver some accuracy.
+    tol, atol = (1e-6, 1e-3) if name.startswith("discrete") else (1e-8, 1e-5)
+    res = ode_nll(model, x, rtol=tol, atol=tol, trace="exact", backend="scipy", log_snr_end=None,
+                  prior_log_prob=lambda z: gaussian_marginal_log_density(z, mean, cov, sched, 1.0))  # fmt: skip
+    exact = -gaussian_marginal_log_density(x, mean, cov, sched, sched.t_min)
+    assert res.trace == "exact" and res.t_min == sched.t_min
+    torch.testing.assert_close(res.nll, exact, atol=atol, rtol=0)
+
+
+def test_default_prior_error_is_the_terminal_mismatch():
+    """With N(0, I) at t = 1 instead of the exact marginal, the error is the prior mismatch only."""
+    sched = LinearSchedule()
+    mean, cov, _ = gaussian_problem()
+    model = GaussianDenoiser(mean, cov, sched)
+    x = torch.distributions.MultivariateNormal(mean, cov).sample((64,))
+    default = ode_nll(model, x, rtol=1e-8, atol=1e-8, backend="scipy")
+    exact = ode_nll(model, x, rtol=1e-8, atol=1e-8, backend="scipy",
+                    prior_log_prob=lambda z: gaussian_marginal_log_density(z, mean, cov, sched, 1.0))  # fmt: skip
+    assert default.t_max == 1.0  # the linear schedule ends above log-SNR -10.5
+    # The density at t=1 differs from N(0, I) by alpha_1 = 0.0066: a small, nonzero shift.
+    gap = (default.nll - exact.nll).abs()
+    assert 0 < gap.max() < 0.05
+
+
+def test_torchdiffeq_and_scipy_agree():
+    """The same ODE through the peer solvers (dopri5 and RK45) gives the same NLL."""
+    pytest.importorskip("torchdiffeq")
+    mean, cov, _ = gaussian_problem(3, seed=1)
+    model = GaussianDenoiser(mean, cov, CosineSchedule())
+    x = torch.distributions.MultivariateNormal(mean, cov).sample((32,))
+    a = ode_nll(model, x, rtol=1e-7, atol=1e-7, backend="torchdiffeq")
+    b = ode_nll(model, x, rtol=1e-7, atol=1e-7, backend="scipy")
+    assert a.backend == "torchdiffeq" and b.backend == "scipy"
+    torch.testing.assert_close(a.nll, b.nll, atol=1e-4, rtol=0)
+
+
+def test_hutchinson_is_unbiased_for_the_exact_trace():
+    """One Rademacher probe per point: the per-point errors average out to the exact NLL."""
+    mean, cov, _ = gaussian_problem(4, seed=2)
+    sched = CosineSchedule()
+    model = GaussianDenoiser(mean, cov, sched)
+    x = torch.distributions.MultivariateNormal(mean, cov).sample((1,)).expand(400, 4).contiguous()
+    exact = ode_nll(model, x[:1], rtol=1e-6, atol=1e-6, trace="exact", backend="scipy").nll[0]
+    est = ode_nll(model, x, rtol=1e-6, atol=1e-6, trace="hutchinson", backend="scipy",
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert est.trace == "hutchinson"
+    assert est.nll.std() > 1e-3  # it really is random
+    assert abs(float(est.nll.mean() - exact)) < 4 * float(est.nll.std()) / math.sqrt(len(x))
+
+
+def test_vlb_bounds_the_nll_and_tightens_with_more_steps():
+    """E[VLB_T] >= E[-log p(x)] = the entropy, and it decreases on nested grids (Kingma et al. 2021)."""
+    mean, cov, g = gaussian_problem()
+    sched = LinearSchedule()
+    model = GaussianDenoiser(mean, cov, sched)
+    x = torch.distributions.MultivariateNormal(mean, cov).sample((3000,))
+    ode = ode_nll(model, x[:200], rtol=1e-6, atol=1e-6, backend="scipy").nll.mean()
+    entropy = gaussian_entropy(cov)
+    assert abs(float(ode) - entropy) < 0.3  # the ODE NLL estimates the cross-entropy = entropy
+    means = []
+    for steps in (17, 65, 257, 1025):  # nested grids: 2^k + 1 points on [t_min, 1]
+        terms = vlb_terms(model, x, None, steps, generator=torch.Generator().manual_seed(steps))
+        means.append(float(terms.total.mean()))
+    assert all(m > entropy for m in means)
+    assert all(a > b for a, b in zip(means[:-1], means[1:], strict=False))
+
+
+def test_vlb_prior_term_closed_form():
+    """The prior term is KL(N(alpha_T x, sigma_T^2) || N(0, 1)) summed over dimensions."""
+    sched = LinearSchedule()
+    x = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    terms = vlb_terms(GaussianDenoiser(torch.zeros(2), torch.eye(2), sched), x, None, 10)
+    a2 = float(torch.sigmoid(sched.log_snr(torch.tensor([1.0]))))
+    s2 = 1 - a2
+    expected = 0.5 * sum(a2 * v**2 + s2 - 1 - math.log(s2) for v in (0.5, -1.0))
+    assert float(terms.prior[0]) == pytest.approx(expected, rel=1e-10)
+
+
+def test_discretized_decoder_matches_scipy_and_sums_to_one():
+    """P(k) = Phi(upper) - Phi(lower) over each bin, outer bins to +-inf; the K probabilities sum to 1."""
+    levels = 256
+    grid = to_grid(torch.arange(levels), levels)
+    for mean, scale in ((0.1, 0.05), (-0.93, 0.003), (0.99, 0.5)):
+        logp = discretized_gaussian_log_likelihood(grid, torch.full_like(grid, mean), torch.full_like(grid, scale), levels)
+        assert float(torch.logsumexp(logp, 0).exp()) == pytest.approx(1.0, abs=1e-12)
+        g = grid.numpy()
+        hi = np.where(g > 1 - 1 / 255, np.inf, g + 1 / 255)
+        lo = np.where(g < -1 + 1 / 255, -np.inf, g - 1 / 255)
+        # Survival functions above the mean: cdf(hi) - cdf(lo) would cancel to ~1e-16 there.
+        upper = lo > mean
+        ref = np.where(upper, norm.sf(lo, mean, scale) - norm.sf(hi, mean, scale),
+                       norm.cdf(hi, mean, scale) - norm.cdf(lo, mean, scale))  # fmt: skip
+        big = ref > 1e-300
+        np.testing.assert_allclose(logp.numpy()[big], np.log(ref[big]), rtol=1e-9, atol=1e-9)
+
+
+def test_exact_cdf_vs_tanh_approximation_in_the_tails():
+    """Why the exact CDF: Ho et al.'s tanh approximation is wrong by many nats a few sigmas out."""
+
+    def approx_cdf(x):
+        return 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+    a, b = torch.tensor([-6.0], dtype=torch.float64), torch.tensor([-5.9], dtype=torch.float64)
+    exact = float(log_diff_ndtr(a, b))
+    assert exact == pytest.approx(math.log(norm.cdf(-5.9) - norm.cdf(-6.0)), rel=1e-10)
+    approx = math.log(max(float(approx_cdf(b) - approx_cdf(a)), 1e-12))
+    assert abs(approx - exact) > 1.0
+    # Far tails on both sides stay finite and accurate.
+    far = log_diff_ndtr(torch.tensor([30.0, -40.0], dtype=torch.float64), torch.tensor([31.0, -39.0], dtype=torch.float64))
+    assert torch.isfinite(far).all()
+    assert float(far[0]) == pytest.approx(norm.logsf(30.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("convention", ["centered", "song"])
+def test_uniform_model_scores_exactly_8_bits_per_dim(convention):
+    """A density uniform on the dequantization range of 8-bit data is exactly log2(256) = 8 bits/dim."""
+    levels, dim = 256, 5
+    k = torch.randint(0, levels, (100, dim), generator=torch.Generator().manual_seed(0))
+    z, offset = dequantize(k, levels, convention, torch.Generator().manual_seed(1))
+    lo, hi = (-1 - 1 / 255, 1 + 1 / 255) if convention == "centered" else (-1.0, 1.0)
+    assert float(z.min()) >= lo and float(z.max()) <= hi
+    nll = torch.full((len(z),), dim * math.log(hi - lo), dtype=torch.float64)  # -log of 1/(hi-lo)^D
+    bpd = nats_to_bits_per_dim(nll, dim) + offset
+    torch.testing.assert_close(bpd, torch.full_like(bpd, 8.0), atol=1e-12, rtol=0)
+
+
+def test_uniform_decoder_grid_probability_is_8_bits():
+    """Hand computation: 1/256 per pixel is 8 bits/dim; nats <-> bits/dim round-trip."""
+    dim = 3072
+    nats = dim * math.log(256)
+    assert nats_to_bits_per_dim(nats, dim) == pytest.approx(8.0, abs=1e-12)
+    assert bits_per_dim_to_nats(8.0, dim) == pytest.approx(nats, rel=1e-12)
+
+
+def test_vlb_of_discrete_data_is_a_bound_on_bits():
+    """On 8-bit data the VLB in bits/dim of the exact Gaussian denoiser is finite and above the
+    entropy of the discretized Gaussian (a lower bound on any model's expected bits)."""
+    dim = 2
+    mean = torch.zeros(dim, dtype=torch.float64)
+    cov = 0.09 * torch.eye(dim, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    cont = (torch.randn(2000, dim, generator=g, dtype=torch.float64) * 0.3).clamp(-1, 1)
+    k = torch.round((cont + 1) * 255 / 2)
+    x = to_grid(k, 256)
+    model = GaussianDenoiser(mean, cov, DiscreteSchedule(linear_alphas_cumprod(1000)))
+    bpd = vlb_bits_per_dim(model, x, levels=256, generator=g)
+    # Entropy of the discretized N(0, 0.09) per dim, in bits (bins of width 2/255).
+    c = to_grid(torch.arange(256), 256).numpy()
+    p = norm.cdf(np.minimum(c + 1 / 255, 1), 0, 0.3) - norm.cdf(np.maximum(c - 1 / 255, -1), 0, 0.3)
+    p = p / p.sum()
+    entropy_bits = -(p[p > 0] * np.log2(p[p > 0])).sum()
+    assert torch.isfinite(bpd).all()
+    assert float(bpd.mean()) > entropy_bits - 0.05
+    assert float(bpd.mean()) < entropy_bits + 1.5
