@@ -291,6 +291,7 @@ def run_cells(
             finish(cell, execute_cell(cell, opts, cb))
         return results
 
+    _static_provenance()  # read git once here: forked cells inherit it, commits mid-run don't split records
     ctx = mp.get_context(_start_method(opts.device))
     jobs = max(1, opts.jobs)
     n_threads = max(1, (os.cpu_count() or 1) // jobs)
