@@ -1,0 +1,80 @@
+"""asv benchmarks of the robust and attack tasks: leaderboard numbers (track_) and evaluator speed (time_)."""
+
+import torch
+
+from dltbench import registry
+from dltbench.models import SmallCNN
+from dltbench.runner import RunOptions, execute_cell, plan
+from dltbench.tasks.robust import AttackTask, RobustTask, default_ensemble, pgd, robust_accuracy
+
+DEFENSES = ["standard", "fgsm-at", "pgd-at", "trades"]
+NORMS = ["linf", "l2"]
+
+
+def _run(task_name, methods):
+    registry.discover(task_name)
+    task = registry.get_task(task_name)
+    out = {}
+    for cell in plan(task, methods, "quick", [0]):
+        r = execute_cell(cell, RunOptions(device="cpu", in_process=True))
+        out[(cell.method, cell.config.norm)] = r.metrics
+    return out
+
+
+class TrackRobust:
+    """Built-in defenses on the quick profile, seed 0: what the defense leaderboard shows."""
+
+    params = (DEFENSES, NORMS)
+    param_names = ["method", "norm"]
+    version = RobustTask.version  # a new task version starts a new history
+    timeout = 1800
+
+    def setup_cache(self):
+        return _run("robust", DEFENSES)
+
+    def track_robust_acc(self, cache, method, norm):
+        return cache[(method, norm)]["robust_acc"]
+
+    track_robust_acc.unit = "fraction"
+
+    def track_clean_acc(self, cache, method, norm):
+        return cache[(method, norm)]["clean_acc"]
+
+    track_clean_acc.unit = "fraction"
+
+
+class TrackAttack:
+    """Built-in attacks on the quick profile, seed 0: robust accuracy left on the reference defenses."""
+
+    params = (["fgsm", "pgd", "apgd-ce", "apgd-t", "cw", "square", "universal"], NORMS)
+    param_names = ["method", "norm"]
+    version = AttackTask.version
+    timeout = 3600
+
+    def setup_cache(self):
+        return _run("attack", self.params[0])
+
+    def track_robust_acc(self, cache, method, norm):
+        return cache[(method, norm)]["robust_acc"]
+
+    track_robust_acc.unit = "fraction"
+
+
+class TimeEvaluator:
+    """PGD (l_inf, 10 steps) and the quick ensemble on 200 digits-shaped points, CPU."""
+
+    def setup(self):
+        torch.manual_seed(0)
+        self.model = SmallCNN(1, 10, side=8).eval()
+        self.x = torch.rand(200, 1, 8, 8)
+        with torch.no_grad():
+            self.y = self.model(self.x).argmax(1)
+
+    def time_pgd_linf_10(self):
+        pgd(self.model, self.x, self.y, 0.1, "linf", torch.Generator().manual_seed(0), steps=10)
+
+    def time_ensemble_quick(self):
+        robust_accuracy(
+            self.model, self.x, self.y, 0.1, "linf", default_ensemble(25, 3, 300),
+            torch.Generator().manual_seed(0),
+        )  # fmt: skip
