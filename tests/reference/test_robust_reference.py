@@ -10,7 +10,11 @@ from dltbench.api import Context
 from dltbench.data import digits
 from dltbench.models import SmallCNN, fit_classifier
 from dltbench.tasks.robust import (
-    default_ensemble, fgsm, pgd, robust_accuracy, standard_loss,
+    default_ensemble,
+    fgsm,
+    pgd,
+    robust_accuracy,
+    standard_loss,
 )  # fmt: skip
 
 K, SIDE = 10, 4  # K >= 10 classes so that the targeted attacks run on 9 targets

@@ -13,8 +13,17 @@ from dltbench.api import Context, InvalidArtifact, Result
 from dltbench.data import digits
 from dltbench.models import SmallCNN
 from dltbench.tasks.robust import (
-    BUDGET_TOL, AttackTask, CountingModel, RobustTask, apgd, checkpoints, dlr_loss, lp_norm,
-    project, robust_accuracy, verify_perturbation,
+    BUDGET_TOL,
+    AttackTask,
+    CountingModel,
+    RobustTask,
+    apgd,
+    checkpoints,
+    dlr_loss,
+    lp_norm,
+    project,
+    robust_accuracy,
+    verify_perturbation,
 )  # fmt: skip
 from dltbench.tasks.robust.counter import adjust_defense_leaderboard, lowest_known
 from dltbench.tasks.robust.task import check_model, evaluate_defense

@@ -19,9 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .threat import (
-    LOSSES, _bcast, ascent_direction, check_norm, project, project_ball, random_start,
+    LOSSES,
+    ascent_direction,
+    check_norm,
+    project,
+    project_ball,
+    random_start,
 )
-
 
 _SUMMED = {
     "ce": lambda logits, y: F.cross_entropy(logits, y, reduction="sum"),

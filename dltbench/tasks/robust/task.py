@@ -18,7 +18,11 @@ from ...models import accuracy
 from ...registry import register_task
 from .attacks import pgd
 from .evaluate import (
-    BUDGET_TOL, default_ensemble, masking_flags, model_fingerprint, robust_accuracy,
+    BUDGET_TOL,
+    default_ensemble,
+    masking_flags,
+    model_fingerprint,
+    robust_accuracy,
     verify_perturbation,
 )  # fmt: skip
 
