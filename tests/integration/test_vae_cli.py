@@ -57,3 +57,15 @@ def test_the_documented_plugin_example_validates(tmp_path, capsys):
     assert main(["validate", "--task", "vae", "--plugin", str(plugin)]) == 0
     out = capsys.readouterr().out
     assert "wide-vae" in out and "FAIL" not in out
+
+
+def test_committed_leaderboard_is_rebuilt_from_the_committed_records(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    argv = ["leaderboard", "--task", "vae", "--results-dir", str(root / "results"),
+            "--leaderboard-dir", str(tmp_path), "--format", "csv"]  # fmt: skip
+    assert main(argv) == 0
+    rebuilt = pd.read_csv(tmp_path / "vae.csv")
+    committed = pd.read_csv(root / "leaderboards" / "vae.csv")
+    pd.testing.assert_frame_equal(rebuilt, committed)
+    best = committed.dropna(subset=["rank"]).iloc[0]
+    assert best["rank"] == 1 and best["iwae_mean"] == committed["iwae_mean"].max()
