@@ -18,13 +18,13 @@ TASK = registry.get_task("vae")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # function scope: built after conftest's 1-thread fixture (see the CLI test)
 def data():
     d = load_binary("digits")
     return dataclasses.replace(d, test=d.test.subset(slice(0, 40)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def config():
     return TASK.smoke(TASK.configs("quick")[0])
 

@@ -89,7 +89,7 @@ def binarize(images: torch.Tensor, seed: int) -> torch.Tensor:
     (N, C, H, W) in [0, 1] -> (N, C*H*W) float in {0, 1}. Drawn once with a fixed seed,
     as Salakhutdinov & Murray (2008) did for MNIST, so every run sees the same bits.
     """
-    probs = images.flatten(1).double().numpy()
+    probs = images.flatten(1).numpy().astype(np.float64)  # numpy: no torch thread pool here
     bits = np.random.default_rng(seed).random(probs.shape) < probs
     return torch.from_numpy(bits.astype(np.float32))
 
@@ -179,7 +179,8 @@ class VAETask(Task):
     def prepare(self, config: VAEConfig, ctx: Context) -> BinaryData:
         """The statically binarized dataset with its fixed split (first max_test_points tested)."""
         ctx.progress("load data", 0, 1)
-        data = load_binary(config.dataset, ctx.data_dir)
+        with cpu_threads(config.cpu_threads, ctx.device):
+            data = load_binary(config.dataset, ctx.data_dir)
         if config.max_test_points:
             data = dataclasses.replace(
                 data, test=data.test.subset(slice(0, config.max_test_points))
