@@ -102,7 +102,10 @@ def test_conditional_model_gets_marginal_and_conditional_bounds(data, config):
     assert math.isfinite(ev.metrics["cond_elbo"])
     # marginal bounds on log p(x): ELBO below IWAE; log p(x|y) - log p(x) <= -log min p(y)
     assert ev.metrics["elbo"] < ev.metrics["iwae"]
-    assert ev.metrics["cond_iwae"] - ev.metrics["iwae"] < -math.log(float(data.label_prior.min())) + 0.5
+    assert (
+        ev.metrics["cond_iwae"] - ev.metrics["iwae"]
+        < -math.log(float(data.label_prior.min())) + 0.5
+    )
     assert ev.estimator["conditional"] and len(ev.estimator["label_prior"]) == 10
 
 
