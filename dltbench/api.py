@@ -228,6 +228,8 @@ class Result:
     config_hash: str
     seed: int
     status: str
+    #: sha256 of the task package's and shared model/data code's sources (the evaluator).
+    task_source_hash: str = ""
     metrics: dict[str, float | None] = field(default_factory=dict)
     curves: dict[str, Any] = field(default_factory=dict)
     estimator: dict[str, Any] = field(default_factory=dict)

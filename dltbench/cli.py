@@ -11,7 +11,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__, leaderboard, registry
 from .api import PROFILES, DataMissing, Result, Task
-from .runner import Cell, RunOptions, parse_duration, pending_cells, plan, run_cells
+from .runner import (
+    Cell,
+    RunOptions,
+    parse_duration,
+    pending_cells,
+    plan,
+    resolve_device,
+    run_cells,
+)
 from .store import read_results
 
 EPILOG = """\
@@ -163,25 +171,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Plan cells, skip recorded ones, run the rest, rebuild and print the leaderboard."""
     registry.discover(args.task, args.plugin)
     task = registry.get_task(args.task)
-    methods = args.method or registry.method_names(task.name)
+    methods = list(dict.fromkeys(args.method or registry.method_names(task.name)))
+    seeds = list(dict.fromkeys(args.seeds))
     for m in methods:
         registry.get_method_class(task.name, m)  # unknown name -> error with valid names
     if not methods:
         raise UsageError(f"task {task.name!r} has no methods registered")
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    device = str(
+        resolve_device(args.device)
+    )  # a bad --device is one line here, not N failed cells
     opts = RunOptions(
-        device=args.device, jobs=args.jobs, timeout_s=parse_duration(args.timeout), force=args.force,
+        device=device, jobs=args.jobs, timeout_s=parse_duration(args.timeout), force=args.force,
         results_dir=args.results_dir, data_dir=args.data_dir, plugin_files=tuple(args.plugin),
     )  # fmt: skip
-    cells = plan(task, methods, args.profile, args.seeds, smoke=args.smoke)
-    for cfg in {c.config for c in cells}:
+    cells = plan(task, methods, args.profile, seeds, smoke=args.smoke)
+    for cfg in dict.fromkeys(c.config for c in cells):
         task.check_data(cfg, args.data_dir)
     todo, kept = pending_cells(task, cells, opts)
     err.print(
-        f"{task.name}: {len(cells)} cells ({len(methods)} methods x {len(cells) // max(1, len(methods) * len(args.seeds))} "
-        f"settings x {len(args.seeds)} seeds), {len(kept)} already recorded"
-        + (" (resume; --force reruns them)" if kept else "")
+        f"{task.name}: {len(cells)} cells ({len(methods)} methods x "
+        f"{len(cells) // (len(methods) * len(seeds))} settings x {len(seeds)} seeds) on {device}, "
+        f"{len(kept)} already recorded" + (" (resume; --force reruns them)" if kept else "")
     )
     results = _run_with_progress(task, todo, opts)
     bad = [r for r in results if r.status != "ok"]

@@ -1,9 +1,9 @@
 """Leaderboards, built only from Result records.
 
 One row per (method, profile, setting) where a setting is the task's ``setting_keys``
-(e.g. dataset and sigma). For each seed the newest ``ok`` record counts; a row never
-mixes code or config versions: only the records whose config hash, method version and
-source hash equal the newest record's are aggregated.
+(e.g. dataset and sigma). A row never mixes versions: the newest ``ok`` record fixes
+the config hash, method and task source hashes and device type, and for each seed the
+newest record with those counts.
 
 Columns, in this order:
 
@@ -26,6 +26,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from .api import Result, Task
+from .runner import resume_key
 from .store import atomic_write_text
 
 
@@ -36,26 +37,25 @@ def build(
 
     ``load(task_name)`` gives other tasks' records to :meth:`Task.adjust_leaderboard`.
     """
-    groups: dict[tuple, dict[int, Result]] = {}
+    groups: dict[tuple, list[Result]] = {}
     for r in records:
-        if r.task != task.name or r.status != "ok":
-            continue
-        key = (r.method, r.profile, json.dumps(r.setting, sort_keys=True))
-        groups.setdefault(key, {})[r.seed] = r  # file order is time order: newest wins
+        if r.task == task.name and r.status == "ok":
+            key = (r.method, r.profile, json.dumps(r.setting, sort_keys=True))
+            groups.setdefault(key, []).append(r)
     rows = []
-    for (method, profile, _), by_seed in groups.items():
-        newest = max(by_seed.values(), key=lambda r: r.timestamp)
-        same = sorted(
-            (r for r in by_seed.values() if _version_key(r) == _version_key(newest)),
-            key=lambda r: r.seed,
-        )
+    for (method, profile, _), group in groups.items():
+        # The newest record fixes the code/config/device version; per seed, the newest
+        # record of that version counts (file order is time order).
+        newest = max(group, key=lambda r: r.timestamp)
+        by_seed = {r.seed: r for r in group if _version_key(r) == _version_key(newest)}
+        same = [by_seed[s] for s in sorted(by_seed)]
         row = {"method": method, "method_version": newest.method_version, "profile": profile}
         row.update({k: newest.setting.get(k) for k in task.setting_keys})
         for spec in task.metrics:
             vals = [r.metrics.get(spec.name) for r in same]
             vals = [float("nan") if v is None else float(v) for v in vals]
             s = pd.Series(vals, dtype=float)
-            row[f"{spec.name}_mean"] = s.mean()
+            row[f"{spec.name}_mean"] = s.mean(skipna=False)  # a NaN seed is not averaged away
             row[f"{spec.name}_std"] = s.std(ddof=1) if len(s) > 1 else float("nan")
         row["n_seeds"] = len(same)
         row["seeds"] = " ".join(str(r.seed) for r in same)
@@ -70,7 +70,7 @@ def build(
 
 
 def _version_key(r: Result) -> tuple:
-    return (r.config_hash, r.method_version, r.method_source_hash)
+    return resume_key(r)[:3] + resume_key(r)[4:]  # everything but the seed
 
 
 def _columns(task: Task) -> list[str]:

@@ -100,6 +100,14 @@ def _add_method(cls: Any, task: str, name: str) -> None:
     _ORIGIN[key] = _current_origin
 
 
+def _class_identity(cls: type) -> tuple[str, str]:
+    try:
+        where = str(Path(inspect.getfile(cls)).resolve())
+    except (TypeError, OSError):
+        where = cls.__module__
+    return where, cls.__qualname__
+
+
 def check_method_class(cls: Any, task: str) -> list[str]:
     """Protocol checks of a method class against its task; an empty list means it conforms."""
     problems: list[str] = []
@@ -257,6 +265,17 @@ def get_method_class(task: str, name: str) -> type[Method]:
 def method_origin(task: str, name: str) -> str:
     """Where a method came from: builtin, an entry point, or a plugin file."""
     return _ORIGIN[(task, name)]
+
+
+def task_source_hash(cls: type[Task]) -> str:
+    """sha256 of the evaluator's code: the task's package and the shared data and model code."""
+    pkg = Path(inspect.getfile(cls)).resolve().parent
+    here = Path(__file__).resolve().parent
+    files = sorted(pkg.glob("*.py")) + [here / "models.py", here / "data" / "__init__.py"]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def source_hash(cls: type) -> str:

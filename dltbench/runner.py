@@ -13,8 +13,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import platform
+import random
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -66,7 +68,6 @@ class RunOptions:
     data_dir: Path | None = None
     plugin_files: tuple[str, ...] = ()
     in_process: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_duration(text: str) -> float:
@@ -95,6 +96,7 @@ def identity(task: Task, cell: Cell) -> dict[str, Any]:
     return {
         "method_version": str(cls.version),
         "method_source_hash": registry.source_hash(cls),
+        "task_source_hash": registry.task_source_hash(type(task)),
         "method_params": params,
         "method_origin": registry.method_origin(task.name, cell.method),
         "config": cfg,
@@ -109,9 +111,12 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` is CUDA when present, else CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+        raise ValueError(f"--device {device} was asked for but CUDA is not available here")
     return dev
 
 
@@ -122,6 +127,13 @@ def cell_contexts(seed: int, device: torch.device, data_dir: Path | None, progre
         for s in np.random.SeedSequence(seed).spawn(3)
     )
     return tuple(Context(s, device, data_dir, progress) for s in (data_s, method_s, eval_s))
+
+
+def seed_globals(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators (for code that does not use ctx)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = None) -> Result:
@@ -138,9 +150,9 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
         data_ctx, method_ctx, eval_ctx = cell_contexts(cell.seed, device, opts.data_dir, progress)
         data = task.prepare(cell.config, data_ctx)
         method: Method = registry.get_method_class(task.name, cell.method)()
-        torch.manual_seed(method_ctx.seed)
+        seed_globals(method_ctx.seed)
         artifact = task.fit(method, data, cell.config, method_ctx)
-        torch.manual_seed(eval_ctx.seed)
+        seed_globals(eval_ctx.seed)
         evaluation = task.evaluate(artifact, data, cell.config, eval_ctx)
     except InvalidArtifact as exc:
         status, error = "invalid", str(exc)
@@ -151,11 +163,12 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
     return _record(task, cell, ident, status, error, evaluation, wall, device or opts.device)
 
 
-def _record(task, cell, ident, status, error, evaluation, wall, device) -> Result:
+def _record(task, cell, ident, status, error, evaluation, wall, device, in_cell=True) -> Result:
     gpu_mb = None
     if isinstance(device, torch.device) and device.type == "cuda":
         gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # Only the cell's own process knows its peak; the parent's would be a wrong number.
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if in_cell else None
     estimator = dict(evaluation.estimator) if evaluation else {}
     if gpu_mb is not None:
         estimator["peak_gpu_memory_mb"] = gpu_mb
@@ -172,7 +185,7 @@ def _record(task, cell, ident, status, error, evaluation, wall, device) -> Resul
         curves=dict(evaluation.curves) if evaluation else {},
         estimator=estimator,
         wall_time_s=round(wall, 3),
-        peak_memory_mb=round(rss_mb, 1),
+        peak_memory_mb=None if rss_mb is None else round(rss_mb, 1),
         device=str(device),
         **ident,
         **provenance(),
@@ -218,15 +231,19 @@ def git_commit() -> str | None:
 
 def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
     """Entry point of a cell's process: run it, send progress and the record back."""
-    torch.set_num_threads(n_threads)
-    registry.discover(cell.task, opts.plugin_files)  # a spawned child starts empty
+    os.setsid()  # its own process group: a timeout kills the workers it started too
+    try:
+        torch.set_num_threads(n_threads)
+        registry.discover(cell.task, opts.plugin_files)  # a spawned child starts empty
 
-    def progress(desc: str, done: int, total: int) -> None:
-        conn.send(("progress", desc, done, total))
+        def progress(desc: str, done: int, total: int) -> None:
+            conn.send(("progress", desc, done, total))
 
-    result = execute_cell(cell, opts, progress)
-    conn.send(("result", result))
-    conn.close()
+        conn.send(("result", execute_cell(cell, opts, progress)))
+    except BaseException as exc:  # noqa: BLE001 - whatever happens, the parent gets the reason
+        conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-6)}"))
+    finally:
+        conn.close()
 
 
 def _start_method(device: str) -> str:
@@ -247,22 +264,34 @@ class _Running:
     deadline: float
     start: float
     result: Result | None = None
+    error: str | None = None
+
+
+def resume_key(r: Result | dict) -> tuple:
+    """What makes two cells the same computation: config, both sources, seed and device type."""
+    get = r.get if isinstance(r, dict) else lambda k: getattr(r, k)
+    device = str(get("device") or "")
+    return (
+        get("config_hash"), get("method_source_hash"), get("task_source_hash"),
+        get("seed"), device.split(":")[0],  # cuda:0 and cuda:1 are the same kind of device
+    )  # fmt: skip
 
 
 def pending_cells(
     task: Task, cells: list[Cell], opts: RunOptions
 ) -> tuple[list[Cell], list[Result]]:
-    """Split cells into those to run and the existing ``ok`` records that make the rest redundant."""
+    """Split cells into those to run and the existing ``ok`` records that make the rest redundant.
+
+    ``opts.device`` must be resolved (cpu, cuda:0): a CPU record does not stand in for a GPU run.
+    """
     if opts.force:
         return list(cells), []
-    done: dict[tuple, Result] = {}
-    for r in read_results(opts.results_dir, task.name):
-        if r.status == "ok":
-            done[(r.config_hash, r.method_source_hash, r.seed)] = r
+    done = {
+        resume_key(r): r for r in read_results(opts.results_dir, task.name) if r.status == "ok"
+    }
     todo, kept = [], []
     for c in cells:
-        ident = identity(task, c)
-        hit = done.get((ident["config_hash"], ident["method_source_hash"], c.seed))
+        hit = done.get(resume_key({**identity(task, c), "seed": c.seed, "device": opts.device}))
         (kept.append(hit) if hit else todo.append(c))
     return todo, kept
 
@@ -291,43 +320,49 @@ def run_cells(
             finish(cell, execute_cell(cell, opts, cb))
         return results
 
-    _static_provenance()  # read git once here: forked cells inherit it, commits mid-run don't split records
+    _static_provenance()  # read git once: forked cells inherit it, commits mid-run don't split records
     ctx = mp.get_context(_start_method(opts.device))
     jobs = max(1, opts.jobs)
     n_threads = max(1, (os.cpu_count() or 1) // jobs)
     queue, running = list(cells), []
-    while queue or running:
-        while queue and len(running) < jobs:
-            cell = queue.pop(0)
-            recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(cell, opts, send, n_threads), daemon=True)
-            proc.start()
-            send.close()
-            now = time.monotonic()
-            running.append(
-                _Running(cell, identity(task, cell), proc, recv, now + opts.timeout_s, now)
-            )
-            on_start and on_start(cell)
-        time.sleep(0.05)
-        for run in list(running):
-            _drain(run, on_progress)
-            if run.result is not None or not run.proc.is_alive():
-                run.proc.join(timeout=5)
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                cell = queue.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                # Not a daemon: a method may start its own workers (DataLoader num_workers > 0).
+                proc = ctx.Process(target=_child, args=(cell, opts, send, n_threads))
+                proc.start()
+                send.close()
+                now = time.monotonic()
+                ident = identity(task, cell)
+                running.append(_Running(cell, ident, proc, recv, now + opts.timeout_s, now))
+                on_start and on_start(cell)
+            time.sleep(0.05)
+            for run in list(running):
                 _drain(run, on_progress)
-                result = run.result or _crashed(task, run)
-                running.remove(run)
-                finish(run.cell, result)
-            elif time.monotonic() > run.deadline:
-                run.proc.kill()
-                run.proc.join()
-                running.remove(run)
-                wall = time.monotonic() - run.start
-                msg = f"timed out after {opts.timeout_s:g}s (--timeout)"
-                finish(
-                    run.cell,
-                    _record(task, run.cell, run.ident, "timeout", msg, None, wall, opts.device),
-                )
+                done = run.result is not None or run.error is not None or not run.proc.is_alive()
+                if done or time.monotonic() > run.deadline:
+                    if done:
+                        run.proc.join(timeout=5)
+                        _drain(run, on_progress)
+                    _kill(run.proc)
+                    running.remove(run)
+                    finish(run.cell, run.result or _lost(task, run, opts, timed_out=not done))
+    finally:  # Ctrl-C or a crash of the parent: leave no cell running behind
+        for run in running:
+            _kill(run.proc)
     return results
+
+
+def _kill(proc) -> None:
+    """Kill a cell's process group (the cell and any workers it started) and reap it."""
+    if proc.is_alive():
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    proc.join()
 
 
 def _drain(run: _Running, on_progress) -> None:
@@ -338,16 +373,24 @@ def _drain(run: _Running, on_progress) -> None:
                 on_progress(run.cell, *msg[1:])
             elif msg[0] == "result":
                 run.result = msg[1]
+            elif msg[0] == "error":
+                run.error = msg[1]
     except (EOFError, OSError):
         pass
 
 
-def _crashed(task: Task, run: _Running) -> Result:
-    code = run.proc.exitcode
-    why = f"the cell's process died with exit code {code}"
-    if code is not None and code < 0:
-        why = f"the cell's process was killed by signal {-code}"
-        if -code == 9:
-            why += " (SIGKILL: often the out-of-memory killer)"
+def _lost(task: Task, run: _Running, opts: RunOptions, timed_out: bool) -> Result:
+    """The record of a cell that sent no result: timed out, crashed, or failed outside the cell."""
     wall = time.monotonic() - run.start
-    return _record(task, run.cell, run.ident, "failed", why, None, wall, "unknown")
+    if timed_out:
+        status, why = "timeout", f"timed out after {opts.timeout_s:g}s (--timeout)"
+    elif run.error:
+        status, why = "failed", run.error
+    else:
+        code = run.proc.exitcode
+        status, why = "failed", f"the cell's process died with exit code {code}"
+        if code is not None and code < 0:
+            why = f"the cell's process was killed by signal {-code}"
+            if -code == signal.SIGKILL:
+                why += " (SIGKILL: often the out-of-memory killer)"
+    return _record(task, run.cell, run.ident, status, why, None, wall, opts.device, in_cell=False)

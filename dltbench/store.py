@@ -25,9 +25,12 @@ def append_result(results_dir: str | Path, result: Result) -> None:
     line = (result.to_json() + "\n").encode()
     with FileLock(str(path) + ".lock"):
         # One write() on an O_APPEND descriptor: a crash leaves at worst one torn last
-        # line, which read_results skips, never a corrupted earlier record.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # line, which read_results skips, never a corrupted earlier or later record.
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # close a torn line so this record stays on its own
             os.write(fd, line)
             os.fsync(fd)
         finally:

@@ -10,12 +10,13 @@ Use from pytest in a plugin's own tests::
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import registry
 from .api import PROFILES
-from .runner import RunOptions, execute_cell, plan
+from .runner import RunOptions, plan, run_cells
 
 
 @dataclass
@@ -27,8 +28,13 @@ class Check:
     detail: str = ""
 
 
-def check_method(task_name: str, method_name: str, data_dir: Path | None = None) -> list[Check]:
-    """Run every conformance check of ``method_name`` for ``task_name``; stops at the first failure."""
+def check_method(
+    task_name: str, method_name: str, data_dir: Path | None = None, timeout_s: float = 600.0
+) -> list[Check]:
+    """Run every conformance check of ``method_name`` for ``task_name``; stops at the first failure.
+
+    The tiny run happens in its own process with a timeout, like any cell.
+    """
     checks: list[Check] = []
     task = registry.get_task(task_name)
     try:
@@ -53,7 +59,11 @@ def check_method(task_name: str, method_name: str, data_dir: Path | None = None)
     checks.append(Check("has a one-line description (class docstring)", bool(cls.description()),
                         "" if cls.description() else "add a docstring to the class"))  # fmt: skip
     cell = plan(task, [method_name], PROFILES[0], [0], smoke=True)[0]
-    result = execute_cell(cell, RunOptions(device="cpu", data_dir=data_dir, in_process=True))
+    with tempfile.TemporaryDirectory() as tmp:  # isolated: a hang or a crash cannot take us down
+        opts = RunOptions(
+            device="cpu", data_dir=data_dir, timeout_s=timeout_s, results_dir=Path(tmp)
+        )
+        result = run_cells(task, [cell], opts)[0]
     detail = (result.error or "").strip().splitlines()
     checks.append(Check(
         f"trains and is scored on a tiny `{PROFILES[0]}` configuration",

@@ -163,3 +163,8 @@ def test_help_documents_every_verb(capsys):
     out = capsys.readouterr().out
     for verb in ("list", "run", "leaderboard", "validate"):
         assert verb in out
+
+
+def test_bad_device_is_one_line(capsys):
+    assert main(["run", "--task", "certified", "--device", "gpu"]) == 2
+    assert "unknown --device 'gpu'" in capsys.readouterr().err

@@ -155,3 +155,46 @@ def test_method_params_are_the_constructor_arguments():
         "batch_size": 64,
     }
     assert cls.description().startswith("Jeong & Shin 2020")
+
+
+def test_a_record_after_a_torn_line_is_kept(tmp_path):
+    append_result(tmp_path, make_record(id="one"))
+    with open(tmp_path / "certified.jsonl", "a") as fh:
+        fh.write('{"id": "torn", "task": "cert')
+    append_result(tmp_path, make_record(id="after"))
+    with pytest.warns(UserWarning, match="unreadable record"):
+        recs = read_results(tmp_path, "certified")
+    assert [r.id for r in recs] == ["one", "after"]
+
+
+def test_leaderboard_takes_every_seed_of_the_newest_version():
+    """A reverted change rerun on one seed must not hide the other seeds of that version."""
+    task = CertifiedTask()
+    recs = [
+        make_record(id="a0", seed=0, timestamp="2026-01-01"),
+        make_record(id="a1", seed=1, timestamp="2026-01-01"),
+        make_record(id="b1", seed=1, method_source_hash="other", timestamp="2026-01-02"),
+        make_record(id="a1bis", seed=1, timestamp="2026-01-03"),
+    ]
+    row = leaderboard.build(task, recs).iloc[0]
+    assert row["records"] == "a0 a1bis" and row["n_seeds"] == 2
+
+
+def test_leaderboard_does_not_average_a_nan_seed_away():
+    task = CertifiedTask()
+    recs = [make_record(id="a", seed=0), make_record(id="b", seed=1, metrics={"acr": None})]
+    assert math.isnan(leaderboard.build(task, recs).iloc[0]["acr_mean"])
+
+
+def test_seeds_fix_numpy_and_python_global_streams_too():
+    import random
+
+    import numpy as np
+
+    from dltbench.runner import seed_globals
+
+    draws = []
+    for seed in (1, 2, 1):
+        seed_globals(seed)
+        draws.append((np.random.rand(), random.random()))
+    assert draws[0] == draws[2] and draws[0] != draws[1]

@@ -27,7 +27,8 @@ def lower_confidence_bound(k: int | np.ndarray, n: int, alpha: float) -> float |
     """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion k / n."""
     # The two-sided interval at level 1 - 2 alpha has the one-sided lower bound at 1 - alpha.
     low, _ = proportion_confint(k, n, alpha=2 * alpha, method="beta")
-    return np.nan_to_num(low, nan=0.0) if isinstance(low, np.ndarray) else float(low or 0.0)
+    low = np.nan_to_num(np.asarray(low, dtype=float), nan=0.0)  # k = 0 gives NaN: the bound is 0
+    return low if low.ndim else float(low)
 
 
 @torch.no_grad()
@@ -52,22 +53,13 @@ def noisy_counts(
         noisy = torch.randn(
             (len(owner), *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype
         )
-        pred = model(noisy.mul_(sigma).add_(x[owner])).argmax(1)  # in place: one allocation
+        logits = model(noisy.mul_(sigma).add_(x[owner]))  # in place: one allocation
         if counts is None:
-            counts = torch.zeros(p, model_num_classes(model, x), dtype=torch.long, device=x.device)
+            counts = torch.zeros(p, logits.shape[1], dtype=torch.long, device=x.device)
+        pred = logits.argmax(1)
         counts.index_put_((owner, pred), torch.ones_like(pred), accumulate=True)
     assert counts is not None
     return counts
-
-
-def model_num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    """K, the number of logits ``model`` returns (cached on the module)."""
-    k = getattr(model, "_dltbench_num_classes", None)
-    if k is None:
-        with torch.no_grad():
-            k = int(model(x[:1]).shape[1])
-        model._dltbench_num_classes = k  # type: ignore[attr-defined]
-    return k
 
 
 def certify_batch(
