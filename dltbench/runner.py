@@ -10,6 +10,8 @@ hash, method source hash and seed (resume) unless ``force``.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import multiprocessing as mp
 import os
 import platform
@@ -19,7 +21,6 @@ import resource
 import signal
 import socket
 import subprocess
-import sys
 import time
 import traceback
 import uuid
@@ -68,6 +69,8 @@ class RunOptions:
     data_dir: Path | None = None
     plugin_files: tuple[str, ...] = ()
     in_process: bool = False
+    provenance: dict[str, Any] | None = None  # versions and git commit, read once per run
+    import_modules: tuple[str, ...] = ()  # where methods registered outside plugin files live
 
 
 def parse_duration(text: str) -> float:
@@ -192,8 +195,13 @@ def _record(task, cell, ident, status, error, evaluation, wall, device, in_cell=
     )
 
 
+_PROVENANCE: dict[str, Any] | None = None  # set in a cell from the parent's reading
+
+
 @lru_cache(maxsize=1)
 def _static_provenance() -> dict[str, Any]:
+    if _PROVENANCE is not None:
+        return _PROVENANCE
     return {
         "dltbench_version": __version__,
         "git_commit": git_commit(),
@@ -232,9 +240,13 @@ def git_commit() -> str | None:
 def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
     """Entry point of a cell's process: run it, send progress and the record back."""
     os.setsid()  # its own process group: a timeout kills the workers it started too
+    global _PROVENANCE
+    _PROVENANCE = opts.provenance
     try:
         torch.set_num_threads(n_threads)
-        registry.discover(cell.task, opts.plugin_files)  # a spawned child starts empty
+        for module in opts.import_modules:
+            importlib.import_module(module)
+        registry.discover(cell.task, opts.plugin_files)  # a fresh child knows only the built-ins
 
         def progress(desc: str, done: int, total: int) -> None:
             conn.send(("progress", desc, done, total))
@@ -246,13 +258,18 @@ def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
         conn.close()
 
 
-def _start_method(device: str) -> str:
-    # fork is instant and inherits plugins, but CUDA cannot be used after a fork once
-    # the parent touched it, and macOS/Windows lack a safe fork: spawn there.
-    gpu_possible = (
-        device != "cpu" and torch.backends.cuda.is_built() and Path("/dev/nvidiactl").exists()
-    )
-    return "fork" if sys.platform.startswith("linux") and not gpu_possible else "spawn"
+_PRELOAD = ["torch", "numpy", "dltbench.registry", "dltbench.runner"]
+
+
+def _mp_context():
+    """forkserver where it exists: children fork from a clean server process, so they never
+    inherit the parent's OpenMP pool (a forked libgomp can deadlock) or a CUDA context,
+    and start in milliseconds once the server has imported torch; spawn elsewhere."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
 
 
 @dataclass
@@ -320,8 +337,15 @@ def run_cells(
             finish(cell, execute_cell(cell, opts, cb))
         return results
 
-    _static_provenance()  # read git once: forked cells inherit it, commits mid-run don't split records
-    ctx = mp.get_context(_start_method(opts.device))
+    # Read git once here and hand it to every cell: commits made mid-run don't split records.
+    files, modules = _method_sources(task, cells)
+    opts = dataclasses.replace(
+        opts,
+        provenance=_static_provenance(),
+        plugin_files=tuple(dict.fromkeys([*opts.plugin_files, *files])),
+        import_modules=modules,
+    )
+    ctx = _mp_context()
     jobs = max(1, opts.jobs)
     n_threads = max(1, (os.cpu_count() or 1) // jobs)
     queue, running = list(cells), []
@@ -353,6 +377,19 @@ def run_cells(
         for run in running:
             _kill(run.proc)
     return results
+
+
+def _method_sources(task: Task, cells: list[Cell]) -> tuple[list[str], tuple[str, ...]]:
+    """Plugin files and modules a fresh cell process must load to find the cells' methods."""
+    files, modules = [], []
+    for name in dict.fromkeys(c.method for c in cells):
+        origin = registry.method_origin(task.name, name)
+        module = registry.get_method_class(task.name, name).__module__
+        if origin.startswith("file "):
+            files.append(origin[len("file ") :])
+        elif origin == "builtin" and not module.startswith("dltbench."):
+            modules.append(module)  # registered by an imported module (a script, a test)
+    return files, tuple(dict.fromkeys(modules))
 
 
 def _kill(proc) -> None:
