@@ -4,9 +4,8 @@ import dataclasses
 
 import torch
 
-from dltbench import registry
 from dltbench.models import MLP
-from dltbench.runner import RunOptions, execute_cell, plan
+from dltbench.runner import score_in_process
 from dltbench.tasks.certified import CertifiedTask, certify_batch
 
 METHODS = ["standard", "gaussian-aug", "consistency"]
@@ -23,13 +22,7 @@ class TrackCertified:
     timeout = 1800
 
     def setup_cache(self):
-        registry.discover("certified")
-        task = registry.get_task("certified")
-        out = {}
-        for cell in plan(task, METHODS, "quick", [0]):
-            r = execute_cell(cell, RunOptions(device="cpu", in_process=True))
-            out[(cell.method, cell.config.sigma)] = r.metrics
-        return out
+        return {(c.method, c.config.sigma): m for c, m in score_in_process("certified", METHODS)}
 
     def track_acr(self, cache, method, sigma):
         return cache[(method, sigma)]["acr"]

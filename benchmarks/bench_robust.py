@@ -2,9 +2,8 @@
 
 import torch
 
-from dltbench import registry
 from dltbench.models import SmallCNN
-from dltbench.runner import RunOptions, execute_cell, plan
+from dltbench.runner import score_in_process
 from dltbench.tasks.robust import AttackTask, RobustTask, default_ensemble, pgd, robust_accuracy
 
 DEFENSES = ["standard", "fgsm-at", "pgd-at", "trades"]
@@ -12,13 +11,7 @@ NORMS = ["linf", "l2"]
 
 
 def _run(task_name, methods):
-    registry.discover(task_name)
-    task = registry.get_task(task_name)
-    out = {}
-    for cell in plan(task, methods, "quick", [0]):
-        r = execute_cell(cell, RunOptions(device="cpu", in_process=True))
-        out[(cell.method, cell.config.norm)] = r.metrics
-    return out
+    return {(c.method, c.config.norm): m for c, m in score_in_process(task_name, methods)}
 
 
 class TrackRobust:

@@ -3,8 +3,7 @@
 import numpy as np
 import torch
 
-from dltbench import registry
-from dltbench.runner import RunOptions, execute_cell, plan
+from dltbench.runner import score_in_process
 from dltbench.tasks.sampler import SamplerTask, TargetView, diagnose, make_target, samplers
 
 METHODS = ["rwm", "imh", "gibbs", "ula", "mala", "hmc", "sgld"]
@@ -21,13 +20,7 @@ class TrackSampler:
     timeout = 1800
 
     def setup_cache(self):
-        registry.discover("sampler")
-        task = registry.get_task("sampler")
-        out = {}
-        for cell in plan(task, METHODS, "quick", [0]):
-            r = execute_cell(cell, RunOptions(device="cpu", in_process=True))
-            out[(cell.method, cell.config.target)] = r.metrics
-        return out
+        return {(c.method, c.config.target): m for c, m in score_in_process("sampler", METHODS)}
 
     def track_ess_bulk_per_1k_evals(self, cache, method, target):
         return cache[(method, target)]["ess_bulk_per_1k_evals"]

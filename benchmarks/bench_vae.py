@@ -7,12 +7,10 @@ changes. time_*: the IWAE bound on the 540 binarized 8x8 test digits.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from dltbench import registry
-from dltbench.runner import RunOptions, execute_cell, plan
+from dltbench.runner import score_in_process
 from dltbench.tasks.vae import MLPVAE, elbo, iwae_bound, load_binary
 
 TASK = registry.get_task("vae")
@@ -21,11 +19,7 @@ LIKELIHOOD_METHODS = [m for m in METHODS if m != "ae"]
 
 
 def _run_quick():
-    out = {}
-    for cell in plan(TASK, METHODS, "quick", [0]):
-        rec = execute_cell(cell, RunOptions(device="cpu", in_process=True))
-        out[cell.method] = {k: (math.nan if v is None else v) for k, v in rec.metrics.items()}
-    return out
+    return {c.method: m for c, m in score_in_process("vae", METHODS)}
 
 
 class TrackQuick:

@@ -431,3 +431,22 @@ def _lost(task: Task, run: _Running, opts: RunOptions, timed_out: bool) -> Resul
             if -code == signal.SIGKILL:
                 why += " (SIGKILL: often the out-of-memory killer)"
     return _record(task, run.cell, run.ident, status, why, None, wall, opts.device, in_cell=False)
+
+
+def score_in_process(
+    task_name: str, methods: list[str], profile: str = "quick", seed: int = 0, device: str = "cpu"
+) -> list[tuple[Cell, dict[str, float]]]:
+    """Run every (method, setting) cell of a profile here, writing no record; metrics per cell.
+
+    For asv ``track_`` benchmarks and notebooks; a missing metric is NaN. Raises if a
+    cell does not end ``ok``, so a benchmark never tracks a failure as a number.
+    """
+    registry.discover(task_name)
+    task = registry.get_task(task_name)
+    out = []
+    for cell in plan(task, methods, profile, [seed]):
+        r = execute_cell(cell, RunOptions(device=device, in_process=True))
+        if r.status != "ok":
+            raise RuntimeError(f"{cell.label(task)}: {r.status}: {r.error}")
+        out.append((cell, {k: float("nan") if v is None else v for k, v in r.metrics.items()}))
+    return out

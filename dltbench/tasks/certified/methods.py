@@ -8,7 +8,7 @@ from torch import nn
 
 from ...api import Context
 from ...data import ImageDataset
-from ...models import default_classifier, fit_classifier
+from ...models import LossFn, default_classifier, fit_classifier
 from ...registry import register_method
 from .task import CertifiedConfig, CertifiedMethod
 
@@ -18,49 +18,55 @@ def gaussian(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch
     return x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+class _LossTrained(CertifiedMethod):
+    """A reference classifier trained by ``fit_classifier`` on the loss ``self.loss(sigma)``."""
+
+    def __init__(self, lr: float = 1e-3, batch_size: int = 64):
+        self.lr = lr
+        self.batch_size = batch_size
+
+    def loss(self, sigma: float) -> LossFn:
+        """The per-minibatch loss for noise level ``sigma``."""
+        raise NotImplementedError
+
+    def train(self, data: ImageDataset, config: CertifiedConfig, ctx: Context) -> nn.Module:
+        """Train the profile's reference architecture on ``self.loss(config.sigma)``."""
+        model = default_classifier(data.shape, data.num_classes)
+        return fit_classifier(
+            model,
+            data.train,
+            self.loss(config.sigma),
+            ctx,
+            config.epochs,
+            self.batch_size,
+            self.lr,
+        )
+
+
 @register_method(task="certified", name="standard")
-class Standard(CertifiedMethod):
+class Standard(_LossTrained):
     """Cross-entropy training on clean inputs: the baseline that smoothing breaks."""
 
     version = "1"
 
-    def __init__(self, lr: float = 1e-3, batch_size: int = 64):
-        self.lr = lr
-        self.batch_size = batch_size
-
-    def train(self, data: ImageDataset, config: CertifiedConfig, ctx: Context) -> nn.Module:
-        """Plain empirical-risk minimisation, no noise."""
-        model = default_classifier(data.shape, data.num_classes)
-        return fit_classifier(
-            model, data.train, lambda m, x, y, g: F.cross_entropy(m(x), y),
-            ctx, config.epochs, self.batch_size, self.lr,
-        )  # fmt: skip
+    def loss(self, sigma: float) -> LossFn:
+        """Plain empirical risk, no noise."""
+        return lambda m, x, y, g: F.cross_entropy(m(x), y)
 
 
 @register_method(task="certified", name="gaussian-aug")
-class GaussianAugmentation(CertifiedMethod):
+class GaussianAugmentation(_LossTrained):
     """Cohen et al. 2019: cross-entropy on inputs with N(0, sigma^2 I) noise at the smoothing sigma."""
 
     version = "1"
 
-    def __init__(self, lr: float = 1e-3, batch_size: int = 64):
-        self.lr = lr
-        self.batch_size = batch_size
-
-    def train(self, data: ImageDataset, config: CertifiedConfig, ctx: Context) -> nn.Module:
-        """Gaussian data augmentation at the noise level the harness certifies with."""
-        model = default_classifier(data.shape, data.num_classes)
-
-        def loss(m: nn.Module, x, y, g) -> torch.Tensor:
-            return F.cross_entropy(m(gaussian(x, config.sigma, g)), y)
-
-        return fit_classifier(
-            model, data.train, loss, ctx, config.epochs, self.batch_size, self.lr
-        )
+    def loss(self, sigma: float) -> LossFn:
+        """Cross-entropy at a Gaussian-noised copy of each input."""
+        return lambda m, x, y, g: F.cross_entropy(m(gaussian(x, sigma, g)), y)
 
 
 @register_method(task="certified", name="consistency")
-class Consistency(CertifiedMethod):
+class Consistency(_LossTrained):
     """Jeong & Shin 2020: Gaussian augmentation plus a consistency (KL) and entropy regulariser.
 
     With m noisy copies of each input and p_i their softmax outputs, p = mean_i p_i:
@@ -80,26 +86,12 @@ class Consistency(CertifiedMethod):
         lr: float = 1e-3,
         batch_size: int = 64,
     ):
+        super().__init__(lr, batch_size)
         self.m = m
         self.lbd = lbd
         self.eta = eta
-        self.lr = lr
-        self.batch_size = batch_size
 
-    def train(self, data: ImageDataset, config: CertifiedConfig, ctx: Context) -> nn.Module:
-        """Train with the consistency-regularised loss at the smoothing sigma."""
-        model = default_classifier(data.shape, data.num_classes)
-        return fit_classifier(
-            model,
-            data.train,
-            self.loss(config.sigma),
-            ctx,
-            config.epochs,
-            self.batch_size,
-            self.lr,
-        )
-
-    def loss(self, sigma: float):
+    def loss(self, sigma: float) -> LossFn:
         """The per-minibatch loss of the paper for noise level ``sigma``."""
 
         def loss(
