@@ -176,6 +176,13 @@ class Task(ABC):
         return {k: cfg[k] for k in self.setting_keys}
 
 
+def profile_entry(table: Mapping[str, Any], profile: str) -> Any:
+    """``table[profile]``, or a ValueError that names the known profiles."""
+    if profile not in table:
+        raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(table)}")
+    return table[profile]
+
+
 def config_dict(config: Any) -> dict[str, Any]:
     """A config dataclass (or mapping) as a plain JSON-ready dict."""
     if dataclasses.is_dataclass(config):

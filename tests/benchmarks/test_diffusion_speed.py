@@ -44,13 +44,20 @@ def test_ode_nll_points_per_s(benchmark, model, x):
     pytest.importorskip("torchdiffeq")
     benchmark.pedantic(lambda: ode_nll(model, x, 1e-4, 1e-4, backend="torchdiffeq"), rounds=3)
     vec = N / benchmark.stats.stats.mean
-    loop = _rate(lambda: [ode_nll(model, x[i : i + 1], 1e-4, 1e-4, backend="torchdiffeq") for i in range(16)], 16)
+    loop = _rate(
+        lambda: [
+            ode_nll(model, x[i : i + 1], 1e-4, 1e-4, backend="torchdiffeq") for i in range(16)
+        ],
+        16,
+    )
     scipy = _rate(lambda: ode_nll(model, x, 1e-4, 1e-4, backend="scipy"), N)
     benchmark.extra_info.update(points_per_s=vec, per_point_loop_points_per_s=loop,
                                 scipy_points_per_s=scipy, speedup_vs_loop=vec / loop,
                                 torchdiffeq_over_scipy=vec / scipy)  # fmt: skip
-    print(f"\node_nll: {vec:.1f} points/s vectorized, {loop:.1f} point by point "
-          f"(x{vec / loop:.1f}); scipy backend {scipy:.1f} points/s")
+    print(
+        f"\node_nll: {vec:.1f} points/s vectorized, {loop:.1f} point by point "
+        f"(x{vec / loop:.1f}); scipy backend {scipy:.1f} points/s"
+    )
 
 
 def test_vlb_points_per_s(benchmark, model, x):
@@ -60,4 +67,6 @@ def test_vlb_points_per_s(benchmark, model, x):
     per_step = _rate(lambda: vlb_terms(model, x, None, steps, max_rows=N), N)
     benchmark.extra_info.update(points_per_s=vec, one_step_per_call_points_per_s=per_step,
                                 speedup=vec / per_step)  # fmt: skip
-    print(f"\nvlb ({steps} steps): {vec:.1f} points/s batched, {per_step:.1f} one step per call (x{vec / per_step:.1f})")
+    print(
+        f"\nvlb ({steps} steps): {vec:.1f} points/s batched, {per_step:.1f} one step per call (x{vec / per_step:.1f})"
+    )

@@ -87,7 +87,9 @@ def test_pgd_ratio_interleaved(name):
     ours_fn = lambda: pgd(model, x, y, EPS, "linf", gen, steps=STEPS, step_size=2.5 * EPS / STEPS)  # noqa: E731
     times: dict[str, list[float]] = {"ours": [], "torchattacks": []}
     for r in range(8):
-        for who, fn in (("ours", ours_fn), ("torchattacks", lambda: atk(x, y)))[:: 1 if r % 2 else -1]:
+        for who, fn in (("ours", ours_fn), ("torchattacks", lambda: atk(x, y)))[
+            :: 1 if r % 2 else -1
+        ]:
             start = time.perf_counter()
             fn()
             if r:  # round 0 is a warm-up

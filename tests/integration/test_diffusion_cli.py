@@ -15,7 +15,9 @@ def test_diffusion_cli_smoke(tmp_path):
                "--device", "cpu", "--results-dir", str(results), "--leaderboard-dir", str(boards)])  # fmt: skip
     assert rc == 0
     records = [json.loads(line) for line in (results / "diffusion.jsonl").read_text().splitlines()]
-    assert len(records) == 6 and all(r["status"] == "ok" for r in records), [r["error"] for r in records]
+    assert len(records) == 6 and all(r["status"] == "ok" for r in records), [
+        r["error"] for r in records
+    ]
     for r in records:
         est = r["estimator"]
         assert "t_min" in est["ode"]["of"] and est["ode"]["rtol"] == 1e-2

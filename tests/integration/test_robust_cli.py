@@ -24,14 +24,30 @@ def test_robust_and_attack_cli_end_to_end(tmp_path):
     attack = [json.loads(line) for line in (res / "attack.jsonl").read_text().splitlines()]
     assert len(attack) == 2 and all(r["status"] == "ok" for r in attack)
     fgsm = [r for r in attack if r["method"] == "fgsm"]
-    assert all(r["metrics"]["forwards_per_point"] == 1 == r["metrics"]["backwards_per_point"] for r in fgsm)
+    assert all(
+        r["metrics"]["forwards_per_point"] == 1 == r["metrics"]["backwards_per_point"]
+        for r in fgsm
+    )
 
     # the attack cells attacked the very weights the robust cells scored
     fp = {r["setting"]["norm"]: r["curves"]["model_fingerprint"] for r in robust}
     for r in attack:
         assert r["curves"]["per_defense"]["standard"]["fingerprint"] == fp[r["setting"]["norm"]]
 
-    assert main(["leaderboard", "--task", "robust", "--results-dir", str(res), "--leaderboard-dir", str(lb)]) == 0
+    assert (
+        main(
+            [
+                "leaderboard",
+                "--task",
+                "robust",
+                "--results-dir",
+                str(res),
+                "--leaderboard-dir",
+                str(lb),
+            ]
+        )
+        == 0
+    )
     df = pd.read_csv(lb / "robust.csv")
     assert {"robust_acc_harness_mean", "broken_by", "masking_flag_names"} <= set(df.columns)
     assert (df["robust_acc_mean"] <= df["robust_acc_harness_mean"] + 1e-12).all()

@@ -30,15 +30,6 @@ from dltbench.tasks.diffusion import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread is faster, and the test machine is shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gaussian_problem(dim: int = 2, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     mean = 0.5 * torch.randn(dim, generator=g, dtype=torch.float64)
@@ -145,7 +136,9 @@ def test_discretized_decoder_matches_scipy_and_sums_to_one():
     levels = 256
     grid = to_grid(torch.arange(levels), levels)
     for mean, scale in ((0.1, 0.05), (-0.93, 0.003), (0.99, 0.5)):
-        logp = discretized_gaussian_log_likelihood(grid, torch.full_like(grid, mean), torch.full_like(grid, scale), levels)
+        logp = discretized_gaussian_log_likelihood(
+            grid, torch.full_like(grid, mean), torch.full_like(grid, scale), levels
+        )
         assert float(torch.logsumexp(logp, 0).exp()) == pytest.approx(1.0, abs=1e-12)
         g = grid.numpy()
         hi = np.where(g > 1 - 1 / 255, np.inf, g + 1 / 255)
@@ -170,7 +163,10 @@ def test_exact_cdf_vs_tanh_approximation_in_the_tails():
     approx = math.log(max(float(approx_cdf(b) - approx_cdf(a)), 1e-12))
     assert abs(approx - exact) > 1.0
     # Far tails on both sides stay finite and accurate.
-    far = log_diff_ndtr(torch.tensor([30.0, -40.0], dtype=torch.float64), torch.tensor([31.0, -39.0], dtype=torch.float64))
+    far = log_diff_ndtr(
+        torch.tensor([30.0, -40.0], dtype=torch.float64),
+        torch.tensor([31.0, -39.0], dtype=torch.float64),
+    )
     assert torch.isfinite(far).all()
     assert float(far[0]) == pytest.approx(norm.logsf(30.0), rel=1e-6)
 
@@ -183,7 +179,9 @@ def test_uniform_model_scores_exactly_8_bits_per_dim(convention):
     z, offset = dequantize(k, levels, convention, torch.Generator().manual_seed(1))
     lo, hi = (-1 - 1 / 255, 1 + 1 / 255) if convention == "centered" else (-1.0, 1.0)
     assert float(z.min()) >= lo and float(z.max()) <= hi
-    nll = torch.full((len(z),), dim * math.log(hi - lo), dtype=torch.float64)  # -log of 1/(hi-lo)^D
+    nll = torch.full(
+        (len(z),), dim * math.log(hi - lo), dtype=torch.float64
+    )  # -log of 1/(hi-lo)^D
     bpd = nats_to_bits_per_dim(nll, dim) + offset
     torch.testing.assert_close(bpd, torch.full_like(bpd, 8.0), atol=1e-12, rtol=0)
 
@@ -210,7 +208,9 @@ def test_vlb_of_discrete_data_is_a_bound_on_bits():
     bpd = vlb_bits_per_dim(model, x, levels=256, generator=g)
     # Entropy of the discretized N(0, 0.09) per dim, in bits (bins of width 2/255).
     c = to_grid(torch.arange(256), 256).numpy()
-    p = norm.cdf(np.minimum(c + 1 / 255, 1), 0, 0.3) - norm.cdf(np.maximum(c - 1 / 255, -1), 0, 0.3)
+    p = norm.cdf(np.minimum(c + 1 / 255, 1), 0, 0.3) - norm.cdf(
+        np.maximum(c - 1 / 255, -1), 0, 0.3
+    )
     p = p / p.sum()
     entropy_bits = -(p[p > 0] * np.log2(p[p > 0])).sum()
     assert torch.isfinite(bpd).all()

@@ -75,7 +75,9 @@ def test_ensemble_reaches_the_exact_robust_accuracy_of_a_linear_classifier(norm)
 def trained():
     data = digits()
     torch.manual_seed(0)
-    model = fit_classifier(SmallCNN(1, 10, 8, 16), data.train, standard_loss(), Context(0, torch.device("cpu")), 3)
+    model = fit_classifier(
+        SmallCNN(1, 10, 8, 16), data.train, standard_loss(), Context(0, torch.device("cpu")), 3
+    )
     return model.eval(), data.test.x[:200], data.test.y[:200]
 
 
@@ -95,8 +97,19 @@ def test_pgd_at_least_as_strong_as_torchattacks(trained, eps):
     accs_ours, accs_theirs = [], []
     for seed in range(3):
         torch.manual_seed(seed)
-        theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)
-        ours = pgd(model, x, y, eps, "linf", torch.Generator().manual_seed(seed), steps=steps, step_size=alpha)
+        theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(
+            x, y
+        )
+        ours = pgd(
+            model,
+            x,
+            y,
+            eps,
+            "linf",
+            torch.Generator().manual_seed(seed),
+            steps=steps,
+            step_size=alpha,
+        )
         with torch.no_grad():
             accs_theirs.append((model(theirs).argmax(1) == y).float().mean().item())
             accs_ours.append((model(ours).argmax(1) == y).float().mean().item())

@@ -30,14 +30,6 @@ from dltbench.tasks.diffusion.schedules import LOG_SNR_END, t_max
 from dltbench.tasks.diffusion.task import check_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_discrete_schedule_hits_alphas_cumprod_at_its_steps():
     abar = linear_alphas_cumprod(1000)
     sched = DiscreteSchedule(abar)
@@ -45,7 +37,9 @@ def test_discrete_schedule_hits_alphas_cumprod_at_its_steps():
     a, s = sched.alpha_sigma(t)
     torch.testing.assert_close(a**2, abar, rtol=1e-12, atol=0)
     torch.testing.assert_close(a**2 + s**2, torch.ones_like(a), rtol=1e-12, atol=0)
-    assert abar[0] == pytest.approx(1 - 1e-4) and 1 - abar[1] / abar[0] == pytest.approx(1e-4 + 0.0199 / 999)
+    assert abar[0] == pytest.approx(1 - 1e-4) and 1 - abar[1] / abar[0] == pytest.approx(
+        1e-4 + 0.0199 / 999
+    )
 
 
 def test_linear_schedule_is_the_continuous_limit_of_ddpm():
@@ -56,7 +50,9 @@ def test_linear_schedule_is_the_continuous_limit_of_ddpm():
     assert (cont - disc).abs().max() < 0.1
 
 
-@pytest.mark.parametrize("sched", [LinearSchedule(), CosineSchedule(), DiscreteSchedule(cosine_alphas_cumprod(100))])
+@pytest.mark.parametrize(
+    "sched", [LinearSchedule(), CosineSchedule(), DiscreteSchedule(cosine_alphas_cumprod(100))]
+)
 def test_log_snr_derivative_matches_finite_differences(sched):
     t = torch.tensor([0.0123, 0.3017, 0.7771], dtype=torch.float64)
     _, d = sched.log_snr_and_derivative(t)
@@ -80,14 +76,19 @@ def test_t_max_is_where_log_snr_reaches_the_end():
     sched = CosineSchedule()
     tm = t_max(sched)
     assert 0.99 < tm < 1.0
-    assert float(sched.log_snr(torch.tensor([tm], dtype=torch.float64))[0]) == pytest.approx(LOG_SNR_END, abs=1e-6)
+    assert float(sched.log_snr(torch.tensor([tm], dtype=torch.float64))[0]) == pytest.approx(
+        LOG_SNR_END, abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("src", PREDICTIONS)
 @pytest.mark.parametrize("dst", PREDICTIONS)
 def test_prediction_conversions_are_consistent(src, dst):
     g = torch.Generator().manual_seed(0)
-    x0, eps = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    x0, eps = (
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+    )
     alpha, sigma = 0.6, 0.8
     x_t = alpha * x0 + sigma * eps
     truth = {"eps": eps, "x0": x0, "v": alpha * eps - sigma * x0, "score": -eps / sigma}

@@ -58,7 +58,15 @@ def test_dlr_needs_three_classes():
         dlr_loss(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="at least 3 classes"):
-        apgd(model, torch.rand(3, 1, 2, 2), torch.zeros(3, dtype=torch.long), 0.1, "linf", loss="dlr", steps=3)
+        apgd(
+            model,
+            torch.rand(3, 1, 2, 2),
+            torch.zeros(3, dtype=torch.long),
+            0.1,
+            "linf",
+            loss="dlr",
+            steps=3,
+        )
 
 
 @pytest.mark.parametrize(
@@ -146,7 +154,9 @@ def _quick_model(data, epochs=3):
     from dltbench.tasks.robust import standard_loss
 
     torch.manual_seed(0)
-    return fit_classifier(SmallCNN(1, 10, 8, 16), data.train, standard_loss(), Context(0, CPU), epochs)
+    return fit_classifier(
+        SmallCNN(1, 10, 8, 16), data.train, standard_loss(), Context(0, CPU), epochs
+    )
 
 
 def test_gradient_masking_is_flagged_and_honest_model_is_not(data):
@@ -167,7 +177,9 @@ def test_robust_accuracy_is_the_per_sample_worst_case(data):
     x, y = data.test.x[:40], data.test.y[:40]
     from dltbench.tasks.robust import fgsm, pgd
 
-    res = robust_accuracy(model, x, y, 0.1, "linf", {"fgsm": fgsm, "pgd": pgd}, torch.Generator().manual_seed(0))
+    res = robust_accuracy(
+        model, x, y, 0.1, "linf", {"fgsm": fgsm, "pgd": pgd}, torch.Generator().manual_seed(0)
+    )
     expect = res.clean_correct & res.per_attack["fgsm"] & res.per_attack["pgd"]
     assert (res.robust == expect).all()
     assert res.robust_accuracy <= min(res.attack_accuracy.values()) <= res.clean_accuracy
@@ -207,7 +219,9 @@ def test_counter_evaluation_combines_per_point_on_the_same_weights():
 
     df = pd.DataFrame([{"method": "pgd-at", "records": f"{d0.id} {d1.id}",
                         "robust_acc_mean": 0.625, "robust_acc_std": 0.18}])  # fmt: skip
-    out = adjust_defense_leaderboard(df, [d0, d1], lambda name: [strong] if name == "attack" else [])
+    out = adjust_defense_leaderboard(
+        df, [d0, d1], lambda name: [strong] if name == "attack" else []
+    )
     assert out.loc[0, "robust_acc_mean"] == pytest.approx(0.5)
     assert out.loc[0, "robust_acc_harness_mean"] == 0.625
     assert out.loc[0, "broken_by"] == "new-attack (seed 0)"

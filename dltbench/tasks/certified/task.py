@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ... import data as datasets
-from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task
+from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
 from ...models import accuracy
 from ...registry import register_task
 from .smoothing import ABSTAIN, certified_accuracy, certify_batch, predict_batch
@@ -98,9 +98,7 @@ class CertifiedTask(Task):
 
     def configs(self, profile: str) -> list[CertifiedConfig]:
         """One config per sigma of ``profile``."""
-        if profile not in _PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(_PROFILES)}")
-        p = dict(_PROFILES[profile])
+        p = dict(profile_entry(_PROFILES, profile))
         sigmas = p.pop("sigmas")
         return [CertifiedConfig(sigma=s, **p) for s in sigmas]
 

@@ -97,7 +97,9 @@ def log_density_2d(name: str, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown 2-D dataset {name!r}; known: {', '.join(TWO_D)}")
 
 
-def load(name: str, n_train: int, n_test: int, rng: np.random.Generator, data_dir: Path | None) -> DiffusionData:
+def load(
+    name: str, n_train: int, n_test: int, rng: np.random.Generator, data_dir: Path | None
+) -> DiffusionData:
     """The dataset ``name``: 2-D train points from ``rng``, a fixed test set; images from their split."""
     if name in TWO_D:
         train = torch.from_numpy(sample_2d(name, n_train, rng))
@@ -111,7 +113,9 @@ def load(name: str, n_train: int, n_test: int, rng: np.random.Generator, data_di
     def grid(x: torch.Tensor) -> torch.Tensor:
         return to_grid(torch.round(x.flatten(1) * (levels - 1)), levels)
 
-    return DiffusionData(name, grid(images.train.x), grid(images.test.x)[:n_test], levels, images.shape)
+    return DiffusionData(
+        name, grid(images.train.x), grid(images.test.x)[:n_test], levels, images.shape
+    )
 
 
 def levels_of(x: torch.Tensor, levels: int) -> torch.Tensor:

@@ -40,8 +40,12 @@ def gaussian_marginal_log_density(
 ) -> torch.Tensor:
     """log N(x; alpha_t m, alpha_t^2 S + sigma_t^2 I) in nats per point (float64)."""
     alpha, sigma = (float(v) for v in schedule.alpha_sigma(torch.tensor([t], dtype=torch.float64)))
-    cov_t = alpha**2 * torch.as_tensor(cov, dtype=torch.float64) + sigma**2 * torch.eye(len(cov), dtype=torch.float64)
-    dist = torch.distributions.MultivariateNormal(alpha * torch.as_tensor(mean, dtype=torch.float64), cov_t)
+    cov_t = alpha**2 * torch.as_tensor(cov, dtype=torch.float64) + sigma**2 * torch.eye(
+        len(cov), dtype=torch.float64
+    )
+    dist = torch.distributions.MultivariateNormal(
+        alpha * torch.as_tensor(mean, dtype=torch.float64), cov_t
+    )
     return dist.log_prob(x.to(torch.float64))
 
 

@@ -52,7 +52,10 @@ def to_grid(k: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 def dequantize(
-    k: torch.Tensor, levels: int, convention: str = "centered", generator: torch.Generator | None = None
+    k: torch.Tensor,
+    levels: int,
+    convention: str = "centered",
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Uniformly dequantized points z and the bits/dim to add to their NLL: (z float64, offset).
 
@@ -137,7 +140,9 @@ def vlb_terms(
     alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
     def draw(i: torch.Tensor) -> torch.Tensor:  # x_t for steps i (S,) and all points: (S, N, D)
-        noise = torch.randn((len(i), *x0.shape), generator=generator, dtype=torch.float64, device=x0.device)
+        noise = torch.randn(
+            (len(i), *x0.shape), generator=generator, dtype=torch.float64, device=x0.device
+        )
         return alpha[i, None, None] * x0 + sigma[i, None, None] * noise
 
     # Prior: KL(N(alpha_T x0, sigma_T^2) || N(0, 1)), summed over dimensions.
@@ -214,7 +219,9 @@ def _drift_and_divergence(model, x, t, probe):
     alpha, sigma = torch.sigmoid(lam).sqrt().to(x), torch.sigmoid(-lam).sqrt().to(x)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        dtype = next(iter(model.parameters()), x).dtype if hasattr(model, "parameters") else x.dtype
+        dtype = (
+            next(iter(model.parameters()), x).dtype if hasattr(model, "parameters") else x.dtype
+        )
         tt = t.to(dtype).reshape(1).expand(len(x))
         out = model(x.to(dtype), tt).to(x.dtype)
         eps = to_eps(out, model.prediction, x, alpha, sigma)
@@ -247,7 +254,7 @@ def _odeint(func, x, logp, t0, t1, rtol, atol, backend):
         if not sol.success:
             raise RuntimeError(f"solve_ivp failed: {sol.message}")
         yT = torch.from_numpy(sol.y[:, -1]).to(like)
-        return yT[: x.numel()].view(shape), yT[x.numel():]
+        return yT[: x.numel()].view(shape), yT[x.numel() :]
     try:
         from torchdiffeq import odeint
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -308,7 +315,9 @@ def ode_nll(
         xb = x[i : i + batch_size]
         probe = None
         if not exact:
-            probe = torch.randint(0, 2, xb.shape, generator=generator, device=xb.device).to(xb) * 2 - 1
+            probe = (
+                torch.randint(0, 2, xb.shape, generator=generator, device=xb.device).to(xb) * 2 - 1
+            )
         count = [0]
 
         def func(t, state, probe=probe, count=count):

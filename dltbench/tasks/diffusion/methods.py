@@ -28,7 +28,15 @@ from .task import DiffusionConfig, DiffusionMethod
 class MLPDenoiser(nn.Module):
     """An MLP ``(x, t) -> prediction`` with Fourier features of t, carrying its schedule."""
 
-    def __init__(self, dim: int, hidden: int, layers: int, schedule: Schedule, prediction: str, n_freq: int = 8):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        layers: int,
+        schedule: Schedule,
+        prediction: str,
+        n_freq: int = 8,
+    ):
         super().__init__()
         self.schedule, self.prediction = schedule, prediction
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float32))
@@ -77,7 +85,10 @@ class _MLPDiffusion(DiffusionMethod):
             idx = torch.randint(0, len(x_all), (config.batch_size,), generator=g, device=dev)
             x0 = x_all[idx] + width * (torch.rand(x_all[idx].shape, generator=g, device=dev) - 0.5)
             if isinstance(sched, DiscreteSchedule):
-                t = torch.randint(1, sched.steps + 1, (len(x0),), generator=g, device=dev) / sched.steps
+                t = (
+                    torch.randint(1, sched.steps + 1, (len(x0),), generator=g, device=dev)
+                    / sched.steps
+                )
             else:
                 t = sched.t_min + (1 - sched.t_min) * torch.rand(len(x0), generator=g, device=dev)
             alpha, sigma = (v.float()[:, None] for v in sched.alpha_sigma(t))

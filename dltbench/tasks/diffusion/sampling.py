@@ -38,7 +38,11 @@ def sample(
     ts = ts[ts <= t_max(sched, log_snr_end) + 1e-12].to(device)
     lam = sched.log_snr(ts)
     alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
-    dtype = next(iter(model.parameters()), torch.empty(0)).dtype if hasattr(model, "parameters") else torch.float32
+    dtype = (
+        next(iter(model.parameters()), torch.empty(0)).dtype
+        if hasattr(model, "parameters")
+        else torch.float32
+    )
     x = torch.randn((n, dim), generator=generator, dtype=torch.float64, device=device)
     x0_hat = x
     for i in range(len(ts) - 1, -1, -1):
@@ -57,7 +61,9 @@ def sample(
         c = eta * torch.sqrt(var_ts * s_s**2 / sigma[i] ** 2)
         x = a_s * x0_hat + torch.sqrt((s_s**2 - c**2).clamp_min(0)) * eps
         if eta > 0:
-            x = x + c * torch.randn(x.shape, generator=generator, dtype=torch.float64, device=device)
+            x = x + c * torch.randn(
+                x.shape, generator=generator, dtype=torch.float64, device=device
+            )
     return x0_hat
 
 
@@ -72,7 +78,7 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
     x, y = x.to(torch.float64), y.to(torch.float64)
 
     def k(a, b):
-        return torch.exp(-torch.cdist(a, b) ** 2 / (2 * bandwidth**2))
+        return torch.exp(-(torch.cdist(a, b) ** 2) / (2 * bandwidth**2))
 
     n, m = len(x), len(y)
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)

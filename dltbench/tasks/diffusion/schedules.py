@@ -130,12 +130,19 @@ LOG_SNR_END = -10.5
 
 def t_max(schedule: Schedule, log_snr_end: float | None = LOG_SNR_END) -> float:
     """The time in (t_min, 1] where lambda first reaches ``log_snr_end`` (1 if it never does)."""
-    if log_snr_end is None or float(schedule.log_snr(torch.ones(1, dtype=torch.float64))[0]) >= log_snr_end:
+    if (
+        log_snr_end is None
+        or float(schedule.log_snr(torch.ones(1, dtype=torch.float64))[0]) >= log_snr_end
+    ):
         return 1.0
     lo, hi = float(schedule.t_min), 1.0
     for _ in range(60):  # lambda is decreasing: bisection to float64 resolution
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if float(schedule.log_snr(torch.tensor([mid], dtype=torch.float64))[0]) > log_snr_end else (lo, mid)
+        lo, hi = (
+            (mid, hi)
+            if float(schedule.log_snr(torch.tensor([mid], dtype=torch.float64))[0]) > log_snr_end
+            else (lo, mid)
+        )
     return hi
 
 
@@ -146,7 +153,9 @@ def linear_alphas_cumprod(steps: int = 1000) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-def cosine_alphas_cumprod(steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+def cosine_alphas_cumprod(
+    steps: int = 1000, s: float = 0.008, max_beta: float = 0.999
+) -> torch.Tensor:
     """Nichol & Dhariwal 2021's cosine schedule as alphas-cumprod (betas clipped at ``max_beta``)."""
     t = torch.arange(steps + 1, dtype=torch.float64) / steps
     f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
@@ -176,7 +185,9 @@ def to_x0(pred: torch.Tensor, kind: str, x_t: torch.Tensor, alpha, sigma) -> tor
     return (x_t - sigma * to_eps(pred, kind, x_t, alpha, sigma)) / alpha
 
 
-def convert(pred: torch.Tensor, src: str, dst: str, x_t: torch.Tensor, alpha, sigma) -> torch.Tensor:
+def convert(
+    pred: torch.Tensor, src: str, dst: str, x_t: torch.Tensor, alpha, sigma
+) -> torch.Tensor:
     """A prediction of type ``src`` re-expressed as type ``dst`` (eps, x0, v or score)."""
     eps = to_eps(pred, src, x_t, alpha, sigma)
     x0 = to_x0(pred, src, x_t, alpha, sigma)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task
+from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
 from ...registry import register_task
 from . import data as ddata
 from .likelihood import LN2, dequantize, nats_to_bits_per_dim, ode_nll, resolve_backend, vlb_terms
@@ -90,7 +90,9 @@ class DiffusionTask(Task):
 
     name = "diffusion"
     version = "1"
-    description = "VLB and probability-flow ODE NLL (bits/dim) of diffusion models; DDPM/DDIM samples"
+    description = (
+        "VLB and probability-flow ODE NLL (bits/dim) of diffusion models; DDPM/DDIM samples"
+    )
     method_type = DiffusionMethod
     protocol = "train"
     primary_metric = "ode_nll_bpd"
@@ -114,9 +116,7 @@ class DiffusionTask(Task):
 
     def configs(self, profile: str) -> list[DiffusionConfig]:
         """One config per dataset of ``profile``."""
-        if profile not in _PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(_PROFILES)}")
-        return [DiffusionConfig(**_COMMON, **p) for p in _PROFILES[profile]]
+        return [DiffusionConfig(**_COMMON, **p) for p in profile_entry(_PROFILES, profile)]
 
     def smoke(self, config: DiffusionConfig) -> DiffusionConfig:
         """A seconds-long version: few points, steps and samples, loose ODE tolerance."""
@@ -137,11 +137,15 @@ class DiffusionTask(Task):
         ctx.progress("load data", 0, 1)
         return ddata.load(config.dataset, config.n_train, config.n_test, ctx.rng, ctx.data_dir)
 
-    def fit(self, method: DiffusionMethod, data, config: DiffusionConfig, ctx: Context) -> nn.Module:
+    def fit(
+        self, method: DiffusionMethod, data, config: DiffusionConfig, ctx: Context
+    ) -> nn.Module:
         """Train on the training split only."""
         return method.train(data.train_view(), config, ctx)
 
-    def evaluate(self, artifact, data: ddata.DiffusionData, config: DiffusionConfig, ctx: Context) -> Evaluation:
+    def evaluate(
+        self, artifact, data: ddata.DiffusionData, config: DiffusionConfig, ctx: Context
+    ) -> Evaluation:
         """VLB and ODE NLL on the test points, then DDIM and DDPM samples and their MMD to the test set."""
         model = check_model(artifact, data, ctx)
         x = data.test.to(ctx.device)
@@ -150,14 +154,18 @@ class DiffusionTask(Task):
         chunk = 256
         vlb = []
         for i in range(0, len(x), chunk):
-            vlb.append(vlb_terms(model, x[i : i + chunk], data.levels, config.vlb_steps, None, gen).total)
+            vlb.append(
+                vlb_terms(model, x[i : i + chunk], data.levels, config.vlb_steps, None, gen).total
+            )
             ctx.progress("vlb", min(i + chunk, len(x)), len(x))
         vlb_nats = torch.cat(vlb)
         vlb_s = time.perf_counter() - start
         if data.levels is None:
             z, offset = x, 0.0
         else:
-            z, offset = dequantize(ddata.levels_of(x, data.levels), data.levels, config.dequantization, gen)
+            z, offset = dequantize(
+                ddata.levels_of(x, data.levels), data.levels, config.dequantization, gen
+            )
         ctx.progress("ode nll", 0, 1)
         start = time.perf_counter()
         res = ode_nll(
@@ -183,14 +191,21 @@ class DiffusionTask(Task):
         ctx.progress("sample", 0, 2)
         bandwidth = median_bandwidth(x)
         curves: dict = {"samples": {}}
-        for name, eta, steps in (("ddim", 0.0, config.ddim_steps), ("ddpm", 1.0, config.ddpm_steps)):
+        for name, eta, steps in (
+            ("ddim", 0.0, config.ddim_steps),
+            ("ddpm", 1.0, config.ddpm_steps),
+        ):
             clip = None if data.levels is None else (-1.0, 1.0)
             s = sample(model, config.n_samples, dim, steps, eta, gen, ctx.device, clip)
             if not torch.isfinite(s).all():
                 raise InvalidArtifact(f"{name} sampling produced non-finite values")
             metrics[f"{name}_mmd2"] = mmd2(s, x, bandwidth)
             kept = s[: config.stored_samples]
-            kept = ddata.levels_of(kept, data.levels) if data.levels else torch.round(kept, decimals=4)
+            kept = (
+                ddata.levels_of(kept, data.levels)
+                if data.levels
+                else torch.round(kept, decimals=4)
+            )
             curves["samples"][name] = kept.cpu().tolist()
         curves["per_point"] = {
             "ode_nll_bpd": [round(v, 5) for v in ode_bpd.cpu().tolist()],
@@ -200,7 +215,9 @@ class DiffusionTask(Task):
         return Evaluation(metrics, curves, estimator)
 
 
-def estimator_dict(model, data, config: DiffusionConfig, res, offset: float, bandwidth: float, n: int) -> dict:
+def estimator_dict(
+    model, data, config: DiffusionConfig, res, offset: float, bandwidth: float, n: int
+) -> dict:
     """The conventions every number of a record depends on."""
     discrete = data.levels is not None
     sched: Schedule = model.schedule
@@ -247,11 +264,17 @@ def estimator_dict(model, data, config: DiffusionConfig, res, offset: float, ban
 def check_model(artifact, data: ddata.DiffusionData, ctx: Context) -> nn.Module:
     """The harness's checks of a returned model; raises InvalidArtifact with the reason."""
     if not isinstance(artifact, nn.Module):
-        raise InvalidArtifact(f"train() must return a torch.nn.Module, got {type(artifact).__name__}")
+        raise InvalidArtifact(
+            f"train() must return a torch.nn.Module, got {type(artifact).__name__}"
+        )
     if not isinstance(getattr(artifact, "schedule", None), Schedule):
-        raise InvalidArtifact("the model must have a `schedule` attribute (a dltbench diffusion Schedule)")
+        raise InvalidArtifact(
+            "the model must have a `schedule` attribute (a dltbench diffusion Schedule)"
+        )
     if getattr(artifact, "prediction", None) not in PREDICTIONS:
-        raise InvalidArtifact(f"model.prediction must be one of {PREDICTIONS}, got {getattr(artifact, 'prediction', None)!r}")
+        raise InvalidArtifact(
+            f"model.prediction must be one of {PREDICTIONS}, got {getattr(artifact, 'prediction', None)!r}"
+        )
     t_min = float(artifact.schedule.t_min)
     if not (0 < t_min < 1 and math.isfinite(t_min)):
         raise InvalidArtifact(f"schedule.t_min must be in (0, 1), got {t_min}")
@@ -263,10 +286,14 @@ def check_model(artifact, data: ddata.DiffusionData, ctx: Context) -> nn.Module:
         with torch.no_grad():
             out = model(probe.to(dtype), t.to(dtype))
     except Exception as exc:
-        raise InvalidArtifact(f"the model failed on x of shape {tuple(probe.shape)} and t of shape {tuple(t.shape)}: {exc}") from exc
+        raise InvalidArtifact(
+            f"the model failed on x of shape {tuple(probe.shape)} and t of shape {tuple(t.shape)}: {exc}"
+        ) from exc
     if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidArtifact(f"the model must return a prediction of shape {tuple(probe.shape)}, got {shape}")
+        raise InvalidArtifact(
+            f"the model must return a prediction of shape {tuple(probe.shape)}, got {shape}"
+        )
     if not torch.isfinite(out).all():
         raise InvalidArtifact("the model returned non-finite values (NaN or inf)")
     return model

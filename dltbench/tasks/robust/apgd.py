@@ -22,7 +22,11 @@ MOMENTUM = 0.75
 
 def checkpoints(steps: int) -> list[int]:
     """The iterations (1-based counts) at which APGD checks progress, for ``steps`` iterations."""
-    k, n_min, decr = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    k, n_min, decr = (
+        max(int(0.22 * steps), 1),
+        max(int(0.06 * steps), 1),
+        max(int(0.03 * steps), 1),
+    )
     out, at = [], 0
     while at + k <= steps:
         at += k
@@ -32,8 +36,14 @@ def checkpoints(steps: int) -> list[int]:
 
 
 def apgd(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
-    generator: torch.Generator | None = None, steps: int = 100, loss: str = "ce",
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    generator: torch.Generator | None = None,
+    steps: int = 100,
+    loss: str = "ce",
     restarts: int = 1,
 ) -> torch.Tensor:
     """Untargeted APGD on ``loss`` ("ce", "dlr" or "cw"); restarts attack only unfooled points.
@@ -41,12 +51,20 @@ def apgd(
     A point keeps a misclassified iterate if one was found, else its highest-loss iterate.
     """
     loss_fn = LOSSES[loss]
-    return _restarted(model, x, y, eps, norm, generator, steps, restarts, lambda lo, yy, _: loss_fn(lo, yy))
+    return _restarted(
+        model, x, y, eps, norm, generator, steps, restarts, lambda lo, yy, _: loss_fn(lo, yy)
+    )
 
 
 def apgd_targeted(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
-    generator: torch.Generator | None = None, steps: int = 100, n_targets: int = 9,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    generator: torch.Generator | None = None,
+    steps: int = 100,
+    n_targets: int = 9,
     restarts: int = 1,
 ) -> torch.Tensor:
     """APGD-T: targeted DLR loss towards each of the ``n_targets`` top non-true classes in turn.

@@ -39,7 +39,9 @@ class AttackConfig(RobustConfig):
 
     def defense_config(self) -> RobustConfig:
         """The ``robust`` task's config the reference defenses see."""
-        return RobustConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RobustConfig)})
+        return RobustConfig(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(RobustConfig)}
+        )
 
 
 class AttackMethod(Method):
@@ -47,7 +49,12 @@ class AttackMethod(Method):
 
     @abstractmethod
     def perturb(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float,
+        norm: str,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Return x_adv (same shape and dtype as x) in [0, 1] with ||x_adv - x||_p <= eps per point.
@@ -110,7 +117,9 @@ class AttackTask(Task):
         """An attack has nothing to train: the method itself is the artifact."""
         return method
 
-    def evaluate(self, artifact: AttackMethod, data, config: AttackConfig, ctx: Context) -> Evaluation:
+    def evaluate(
+        self, artifact: AttackMethod, data, config: AttackConfig, ctx: Context
+    ) -> Evaluation:
         """Attack each reference defense on the fixed test points; verify every x_adv; count passes."""
         pts = test_points(data, config)
         x, y = pts.x.to(ctx.device), pts.y.to(ctx.device)
@@ -125,18 +134,28 @@ class AttackTask(Task):
             with torch.no_grad():
                 clean = model(x).argmax(1) == y
             robust = clean.clone()
-            counted = CountingModel(copy.deepcopy(model)).eval()  # the attack cannot touch our weights
+            counted = CountingModel(
+                copy.deepcopy(model)
+            ).eval()  # the attack cannot touch our weights
             idx = clean.nonzero().flatten()
             for s in range(0, len(idx), config.batch_size):
                 b = idx[s : s + config.batch_size]
                 ctx.progress(f"attack {name}", s, len(idx))
                 start = time.perf_counter()
-                xa = artifact.perturb(counted, x[b].clone(), y[b].clone(), config.eps, config.norm, gen)
+                xa = artifact.perturb(
+                    counted, x[b].clone(), y[b].clone(), config.eps, config.norm, gen
+                )
                 seconds += time.perf_counter() - start
-                xa = verify_perturbation(xa, x[b], config.eps, config.norm, who=f"the attack (on {name})")
+                xa = verify_perturbation(
+                    xa, x[b], config.eps, config.norm, who=f"the attack (on {name})"
+                )
                 with torch.no_grad():
                     robust[b] = model(xa).argmax(1) == y[b]
-            forwards, backwards, attacked = forwards + counted.forwards, backwards + counted.backwards, attacked + len(idx)
+            forwards, backwards, attacked = (
+                forwards + counted.forwards,
+                backwards + counted.backwards,
+                attacked + len(idx),
+            )
             cls = registry.get_method_class("robust", name)
             metrics[f"robust_acc_{name}"] = float(robust.float().mean())
             per_defense[name] = {
@@ -145,7 +164,9 @@ class AttackTask(Task):
                 "clean_acc": float(clean.float().mean()), "robust_acc": metrics[f"robust_acc_{name}"],
                 "robust": robust.int().cpu().tolist(),
             }  # fmt: skip
-        metrics["robust_acc"] = float(np.mean([metrics[f"robust_acc_{d}"] for d in config.reference_defenses]))
+        metrics["robust_acc"] = float(
+            np.mean([metrics[f"robust_acc_{d}"] for d in config.reference_defenses])
+        )
         metrics["forwards_per_point"] = forwards / max(1, attacked)
         metrics["backwards_per_point"] = backwards / max(1, attacked)
         metrics["ms_per_point"] = 1000 * seconds / max(1, attacked)

@@ -34,7 +34,11 @@ _SUMMED = {
 
 
 def fgsm(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps on the CE loss.
@@ -49,9 +53,17 @@ def fgsm(
 
 
 def pgd(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
-    generator: torch.Generator | None = None, steps: int = 10, step_size: float | None = None,
-    restarts: int = 1, random_init: bool = True, loss: str = "ce",
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    generator: torch.Generator | None = None,
+    steps: int = 10,
+    step_size: float | None = None,
+    restarts: int = 1,
+    random_init: bool = True,
+    loss: str = "ce",
 ) -> torch.Tensor:
     """Projected gradient ascent (Madry et al. 2018) on ``loss`` ("ce" or "cw" margin).
 
@@ -119,8 +131,14 @@ def _pgd_run(model, x, y, eps, norm, steps, step, rand, loss_fn, generator, chec
 
 
 def universal(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
-    generator: torch.Generator | None = None, steps: int = 40, step_size: float | None = None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    generator: torch.Generator | None = None,
+    steps: int = 40,
+    step_size: float | None = None,
 ) -> torch.Tensor:
     """One input-agnostic perturbation for the whole batch (universal adversarial perturbation).
 

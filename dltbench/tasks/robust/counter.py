@@ -35,14 +35,18 @@ def lowest_known(defense: Result, attacks: list[Result]) -> tuple[float, set[str
     """The lowest robust accuracy known for one ``robust`` record, and the attacks that found it."""
     base = np.asarray(defense.curves.get("per_point", {}).get("robust", []), dtype=bool)
     current = base.copy()
-    bound = float(defense.metrics.get("robust_acc") or 0.0) if not len(base) else float(base.mean())
+    bound = (
+        float(defense.metrics.get("robust_acc") or 0.0) if not len(base) else float(base.mean())
+    )
     found: set[str] = set()
     for a in attacks:
         entry = _matches(a, defense)
         if entry is None:
             continue
         mask = np.asarray(entry.get("robust", []), dtype=bool)
-        if entry.get("fingerprint") == defense.curves.get("model_fingerprint") and len(mask) == len(current):
+        if entry.get("fingerprint") == defense.curves.get("model_fingerprint") and len(
+            mask
+        ) == len(current):
             if (current & mask).sum() < current.sum():
                 found.add(a.method)
             current &= mask

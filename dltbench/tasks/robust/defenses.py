@@ -23,7 +23,9 @@ def standard_loss() -> LossFn:
 def pgd_at_loss(eps: float, norm: str, steps: int, step_size: float | None = None) -> LossFn:
     """Madry et al. 2018: cross-entropy at a PGD point (random start, ``steps`` steps of 2.5 eps / steps)."""
 
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def loss(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> torch.Tensor:
         x_adv = pgd(model, x, y, eps, norm, generator=g, steps=steps, step_size=step_size)
         return F.cross_entropy(model(x_adv), y)
 
@@ -33,7 +35,9 @@ def pgd_at_loss(eps: float, norm: str, steps: int, step_size: float | None = Non
 def fgsm_at_loss(eps: float, norm: str, alpha: float = 1.25) -> LossFn:
     """Wong, Rice & Kolter 2020 ("fast is better than free"): FGSM from a random start, step alpha * eps."""
 
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def loss(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> torch.Tensor:
         x0 = random_start(x, eps, norm, g).requires_grad_(True)
         (grad,) = torch.autograd.grad(F.cross_entropy(model(x0), y), x0)
         x_adv = project(x0.detach() + alpha * eps * ascent_direction(grad, norm), x, eps, norm)
@@ -46,7 +50,9 @@ def trades_loss(eps: float, norm: str, steps: int, beta: float = 6.0) -> LossFn:
     """Zhang et al. 2019: CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximising the KL by PGD."""
     step = 2.5 * eps / steps
 
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def loss(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> torch.Tensor:
         with torch.no_grad():
             p_clean = F.softmax(model(x), dim=1)
         noise = 0.001 * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
@@ -59,7 +65,9 @@ def trades_loss(eps: float, norm: str, steps: int, beta: float = 6.0) -> LossFn:
                 xa = project(xa + step * ascent_direction(grad, norm), x, eps, norm)
         logits = model(x)
         kl = F.kl_div(
-            F.log_softmax(model(xa.detach()), dim=1), F.softmax(logits, dim=1), reduction="batchmean"
+            F.log_softmax(model(xa.detach()), dim=1),
+            F.softmax(logits, dim=1),
+            reduction="batchmean",
         )
         return F.cross_entropy(logits, y) + beta * kl
 

@@ -36,7 +36,9 @@ Attack = Callable[..., torch.Tensor]  # (model, x, y, eps, norm, generator) -> x
 GRADIENT_FREE = frozenset({"square"})
 
 
-def default_ensemble(apgd_steps: int = 100, n_targets: int = 9, square_queries: int = 5000) -> dict[str, Attack]:
+def default_ensemble(
+    apgd_steps: int = 100, n_targets: int = 9, square_queries: int = 5000
+) -> dict[str, Attack]:
     """The harness's standard ensemble: APGD-CE, APGD-T (targeted DLR) and Square (AutoAttack's minus FAB-T)."""
     return {
         "apgd-ce": partial(apgd, steps=apgd_steps, loss="ce"),
@@ -45,7 +47,9 @@ def default_ensemble(apgd_steps: int = 100, n_targets: int = 9, square_queries: 
     }
 
 
-def verify_perturbation(x_adv, x: torch.Tensor, eps: float, norm: str, who: str = "the attack") -> torch.Tensor:
+def verify_perturbation(
+    x_adv, x: torch.Tensor, eps: float, norm: str, who: str = "the attack"
+) -> torch.Tensor:
     """Return ``x_adv`` if it is a valid adversarial input for (eps, norm), else raise InvalidArtifact.
 
     Checks: a tensor of x's shape and dtype, finite, inside [0, 1], and
@@ -54,7 +58,9 @@ def verify_perturbation(x_adv, x: torch.Tensor, eps: float, norm: str, who: str 
     if not isinstance(x_adv, torch.Tensor):
         raise InvalidArtifact(f"{who} returned {type(x_adv).__name__}, not a torch.Tensor")
     if x_adv.shape != x.shape:
-        raise InvalidArtifact(f"{who} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
+        raise InvalidArtifact(
+            f"{who} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}"
+        )
     if x_adv.dtype != x.dtype:
         raise InvalidArtifact(f"{who} returned dtype {x_adv.dtype}, expected {x.dtype}")
     x_adv = x_adv.detach().to(x.device)
@@ -108,9 +114,15 @@ class RobustResult:
 
 
 def robust_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
-    attacks: Mapping[str, Attack] | None = None, generator: torch.Generator | None = None,
-    batch_size: int = 500, standalone: bool = True,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    attacks: Mapping[str, Attack] | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 500,
+    standalone: bool = True,
 ) -> RobustResult:
     """Clean and robust accuracy of ``model`` on (x, y) at (eps, norm) under an attack ensemble.
 
@@ -154,8 +166,11 @@ def robust_accuracy(
 
 
 def masking_flags(
-    result: RobustResult, eps_curve: Mapping[float, float], large_eps_accuracy: float,
-    eps: float, square_only_threshold: float = 0.02,
+    result: RobustResult,
+    eps_curve: Mapping[float, float],
+    large_eps_accuracy: float,
+    eps: float,
+    square_only_threshold: float = 0.02,
 ) -> list[str]:
     """Signs of gradient masking (Athalye et al. 2018; Carlini et al. 2019), as short flag strings.
 

@@ -31,7 +31,9 @@ class _Trained(DefenseMethod):
     def train(self, data: ImageDataset, config: RobustConfig, ctx: Context) -> nn.Module:
         """Train the reference classifier for ``config.epochs`` with this defense's loss."""
         model = default_classifier(data.shape, data.num_classes)
-        return fit_classifier(model, data.train, self.loss(config), ctx, config.epochs, self.batch_size, self.lr)
+        return fit_classifier(
+            model, data.train, self.loss(config), ctx, config.epochs, self.batch_size, self.lr
+        )
 
 
 @register_method(task="robust", name="standard")
@@ -124,7 +126,9 @@ class CW(AttackMethod):
 
     def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
         """Projected gradient ascent on the margin."""
-        return pgd(model, x, y, eps, norm, generator, steps=self.steps, restarts=self.restarts, loss="cw")
+        return pgd(
+            model, x, y, eps, norm, generator, steps=self.steps, restarts=self.restarts, loss="cw"
+        )
 
 
 @register_method(task="attack", name="apgd-ce")
@@ -139,7 +143,9 @@ class APGDCE(AttackMethod):
 
     def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
         """APGD on the cross-entropy."""
-        return apgd(model, x, y, eps, norm, generator, steps=self.steps, loss="ce", restarts=self.restarts)
+        return apgd(
+            model, x, y, eps, norm, generator, steps=self.steps, loss="ce", restarts=self.restarts
+        )
 
 
 @register_method(task="attack", name="apgd-t")
@@ -154,7 +160,9 @@ class APGDT(AttackMethod):
 
     def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
         """Targeted APGD-DLR over n_targets target classes."""
-        return apgd_targeted(model, x, y, eps, norm, generator, steps=self.steps, n_targets=self.n_targets)
+        return apgd_targeted(
+            model, x, y, eps, norm, generator, steps=self.steps, n_targets=self.n_targets
+        )
 
 
 @register_method(task="attack", name="square")

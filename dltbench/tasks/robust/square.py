@@ -43,7 +43,9 @@ def eta(s: int, device, dtype) -> torch.Tensor:
         d = torch.zeros(h, w, device=device, dtype=dtype)
         ch, cw = h // 2, w // 2
         for r in range(max(ch, cw) + 1):
-            d[max(ch - r, 0) : min(ch + r + 1, h), max(cw - r, 0) : min(cw + r + 1, w)] += 1.0 / (r + 1) ** 2
+            d[max(ch - r, 0) : min(ch + r + 1, h), max(cw - r, 0) : min(cw + r + 1, w)] += (
+                1.0 / (r + 1) ** 2
+            )
         return d / d.norm()
 
     d = torch.zeros(s, s, device=device, dtype=dtype)
@@ -54,8 +56,14 @@ def eta(s: int, device, dtype) -> torch.Tensor:
 
 @torch.no_grad()
 def square(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
-    generator: torch.Generator | None = None, queries: int = 1000, p_init: float | None = None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    generator: torch.Generator | None = None,
+    queries: int = 1000,
+    p_init: float | None = None,
 ) -> torch.Tensor:
     """Square Attack with ``queries`` model queries per point at most; untargeted margin loss.
 
@@ -79,9 +87,9 @@ def square(
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
             vh, vw = _randint(h - s, x, generator), _randint(w - s, x, generator)
             new = bc.clone()
-            new[:, :, vh : vh + s, vw : vw + s] = (
-                xc[:, :, vh : vh + s, vw : vw + s] + eps * _signs((len(todo), c, 1, 1), x, generator)
-            )
+            new[:, :, vh : vh + s, vw : vw + s] = xc[
+                :, :, vh : vh + s, vw : vw + s
+            ] + eps * _signs((len(todo), c, 1, 1), x, generator)
             new = new.clamp(0.0, 1.0)
         else:
             new = _l2_step(xc, bc, eps, p, generator)
@@ -97,7 +105,9 @@ def _l2_init(x: torch.Tensor, eps: float, generator) -> torch.Tensor:
     s = max(h // 5, 1)
     start = (h - s * 5) // 2 if h >= 5 else 0
     delta = torch.zeros_like(x)
-    pattern = eta(s, x.device, x.dtype) if s > 1 else torch.ones(1, 1, device=x.device, dtype=x.dtype)
+    pattern = (
+        eta(s, x.device, x.dtype) if s > 1 else torch.ones(1, 1, device=x.device, dtype=x.dtype)
+    )
     for vh in range(start, h - s + 1, s):
         for vw in range(start, w - s + 1, s):
             delta[:, :, vh : vh + s, vw : vw + s] += pattern * _signs((n, c, 1, 1), x, generator)

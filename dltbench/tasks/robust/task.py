@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ... import data as datasets
-from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task
+from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
 from ...models import accuracy
 from ...registry import register_task
 from .attacks import pgd
@@ -70,9 +70,7 @@ _GRID = {
 
 def robust_configs(profile: str) -> list[RobustConfig]:
     """One config per threat model (norm, eps) of ``profile``."""
-    if profile not in _GRID:
-        raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(_GRID)}")
-    p = dict(_GRID[profile])
+    p = dict(profile_entry(_GRID, profile))
     threats = p.pop("threats")
     side = {"digits": 8, "mnist": 28, "cifar10": 32}[p["dataset"]]
     channels = 3 if p["dataset"] == "cifar10" else 1
@@ -105,22 +103,30 @@ class DefenseMethod(Method):
 def check_model(artifact, data, ctx: Context, probe_points: int = 16) -> nn.Module:
     """The harness's checks of a returned model (logit shape, finite, deterministic in eval mode)."""
     if not isinstance(artifact, nn.Module):
-        raise InvalidArtifact(f"train() must return a torch.nn.Module, got {type(artifact).__name__}")
+        raise InvalidArtifact(
+            f"train() must return a torch.nn.Module, got {type(artifact).__name__}"
+        )
     model = artifact.to(ctx.device).eval()
     x = data.test.x[:probe_points].to(ctx.device)
     try:
         with torch.no_grad():
             out, again = model(x), model(x)
     except Exception as exc:
-        raise InvalidArtifact(f"the model failed on a batch of shape {tuple(x.shape)}: {exc}") from exc
+        raise InvalidArtifact(
+            f"the model failed on a batch of shape {tuple(x.shape)}: {exc}"
+        ) from exc
     k = data.num_classes
     if not isinstance(out, torch.Tensor) or out.shape != (len(x), k):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidArtifact(f"the model must return logits of shape ({len(x)}, {k}), got {shape}")
+        raise InvalidArtifact(
+            f"the model must return logits of shape ({len(x)}, {k}), got {shape}"
+        )
     if not torch.isfinite(out).all():
         raise InvalidArtifact("the model returned non-finite logits (NaN or inf)")
     if not torch.equal(out, again):
-        raise InvalidArtifact("the model's eval-mode forward is not deterministic (randomized defense)")
+        raise InvalidArtifact(
+            "the model's eval-mode forward is not deterministic (randomized defense)"
+        )
     return model
 
 
@@ -198,15 +204,21 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
     gen = ctx.device_generator()
     ctx.progress("ensemble", 0, 1)
     start = time.perf_counter()
-    res = robust_accuracy(model, x, y, config.eps, config.norm, ensemble_for(config), gen, config.batch_size)
+    res = robust_accuracy(
+        model, x, y, config.eps, config.norm, ensemble_for(config), gen, config.batch_size
+    )
     seconds = time.perf_counter() - start
     ctx.progress("eps curve", 0, 1)
     curve = {}
     run_pgd = partial(pgd, steps=config.pgd_steps)
     for m in EPS_MULTIPLES:
-        r = robust_accuracy(model, x, y, m * config.eps, config.norm, {"pgd": run_pgd}, gen, config.batch_size)
+        r = robust_accuracy(
+            model, x, y, m * config.eps, config.norm, {"pgd": run_pgd}, gen, config.batch_size
+        )
         curve[m * config.eps] = r.robust_accuracy
-    large = robust_accuracy(model, x, y, config.large_eps, config.norm, {"pgd": run_pgd}, gen, config.batch_size)
+    large = robust_accuracy(
+        model, x, y, config.large_eps, config.norm, {"pgd": run_pgd}, gen, config.batch_size
+    )
     flags = masking_flags(res, curve, large.robust_accuracy, config.eps)
     metrics = {
         "robust_acc": res.robust_accuracy,

@@ -53,7 +53,9 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / _bcast(lp_norm(grad, "l2") + 1e-12, grad)
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+def random_start(
+    x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None
+) -> torch.Tensor:
     """A random point of the ball (uniform in the linf cube; on the l2 sphere), clipped to [0, 1]."""
     if check_norm(norm) == "linf":
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)

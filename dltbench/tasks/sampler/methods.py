@@ -43,7 +43,9 @@ class IndependenceMH(_Builtin):
 
     def sample(self, target: TargetView, n_draws, n_chains, init, generator) -> torch.Tensor:
         """RWM warm-up, fit N(m, inflation^2 S), then independence MH."""
-        return samplers.independence_mh(target, init, n_draws, self._warmup(n_draws), generator, self.inflation)
+        return samplers.independence_mh(
+            target, init, n_draws, self._warmup(n_draws), generator, self.inflation
+        )
 
 
 @register_method(task="sampler", name="gibbs")
@@ -67,7 +69,9 @@ class ULA(_Builtin):
 
     def sample(self, target: TargetView, n_draws, n_chains, init, generator) -> torch.Tensor:
         """MALA warm-up for the step, then unadjusted Langevin steps."""
-        return samplers.ula(target, init, n_draws, self._warmup(n_draws), generator, self.step_factor)
+        return samplers.ula(
+            target, init, n_draws, self._warmup(n_draws), generator, self.step_factor
+        )
 
 
 @register_method(task="sampler", name="mala")
@@ -89,7 +93,9 @@ class HMC(_Builtin):
 
     def sample(self, target: TargetView, n_draws, n_chains, init, generator) -> torch.Tensor:
         """Adaptive warm-up, then HMC with the step jittered +-10%."""
-        return samplers.hmc(target, init, n_draws, self._warmup(n_draws), generator, self.n_leapfrog)
+        return samplers.hmc(
+            target, init, n_draws, self._warmup(n_draws), generator, self.n_leapfrog
+        )
 
 
 @register_method(task="sampler", name="sgld")
@@ -100,7 +106,9 @@ class SGLD(_Builtin):
 
     # Minibatch noise inflates the variance by about h Var(grad)/2: batch 20 and a tenth of
     # MALA's step keep it near 15% on logreg-iris (larger steps mix faster but are worse).
-    def __init__(self, warmup_fraction: float = 0.5, batch_size: int = 20, step_factor: float = 0.1):
+    def __init__(
+        self, warmup_fraction: float = 0.5, batch_size: int = 20, step_factor: float = 0.1
+    ):
         super().__init__(warmup_fraction)
         self.batch_size = batch_size
         self.step_factor = step_factor
@@ -108,5 +116,11 @@ class SGLD(_Builtin):
     def sample(self, target: TargetView, n_draws, n_chains, init, generator) -> torch.Tensor:
         """Full-gradient MALA warm-up for the step, then minibatch Langevin steps."""
         return samplers.sgld(
-            target, init, n_draws, self._warmup(n_draws), generator, self.batch_size, self.step_factor
+            target,
+            init,
+            n_draws,
+            self._warmup(n_draws),
+            generator,
+            self.batch_size,
+            self.step_factor,
         )

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task
+from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
 from ...registry import register_task
 from .catalog import make_target
 from .diagnostics import RHAT_MAX, TAIL_PROB, diagnose
@@ -114,9 +114,7 @@ class SamplerTask(Task):
 
     def configs(self, profile: str) -> list[SamplerConfig]:
         """One config per target of ``profile``."""
-        if profile not in _PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(_PROFILES)}")
-        p = _PROFILES[profile]
+        p = profile_entry(_PROFILES, profile)
         return [SamplerConfig(t, p["n_chains"], p["n_draws"]) for t in p["targets"]]
 
     def smoke(self, config: SamplerConfig) -> SamplerConfig:

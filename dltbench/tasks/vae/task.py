@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ... import data as datasets
-from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task
+from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
 from ...data import Split
 from ...registry import register_task
 from .bounds import (
@@ -161,9 +161,7 @@ class VAETask(Task):
 
     def configs(self, profile: str) -> list[VAEConfig]:
         """The one config of ``profile``."""
-        if profile not in _PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(_PROFILES)}")
-        return [VAEConfig(**_PROFILES[profile])]
+        return [VAEConfig(**profile_entry(_PROFILES, profile))]
 
     def smoke(self, config: VAEConfig) -> VAEConfig:
         """A seconds-long version: two epochs, K = 20, 64 test points."""
