@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .api import Context
+from .api import Context, InvalidArtifact
 from .data import Split
 
 #: ``loss_fn(model, x, y, generator) -> scalar loss`` for one minibatch.
@@ -127,3 +127,32 @@ def accuracy(model: nn.Module, data: Split, device: torch.device, batch_size: in
         x = data.x[i : i + batch_size].to(device)
         correct += (model(x).argmax(1).cpu() == data.y[i : i + batch_size]).sum().item()
     return correct / max(1, len(data))
+
+
+def check_classifier(
+    artifact: object, probe: torch.Tensor, num_classes: int, device: torch.device
+) -> tuple[nn.Module, torch.Tensor]:
+    """The harness's checks of a returned classifier on ``probe`` inputs: an nn.Module whose
+    eval-mode logits have shape (len(probe), num_classes) and are finite. Returns the model
+    (on ``device``, eval mode) and its logits; raises InvalidArtifact with the reason."""
+    if not isinstance(artifact, nn.Module):
+        raise InvalidArtifact(
+            f"train() must return a torch.nn.Module, got {type(artifact).__name__}"
+        )
+    model = artifact.to(device).eval()
+    probe = probe.to(device)
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as exc:
+        raise InvalidArtifact(
+            f"the model failed on a batch of shape {tuple(probe.shape)}: {exc}"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or out.shape != (len(probe), num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InvalidArtifact(
+            f"the model must return logits of shape ({len(probe)}, {num_classes}), got {shape}"
+        )
+    if not torch.isfinite(out).all():
+        raise InvalidArtifact("the model returned non-finite logits (NaN or inf)")
+    return model, out

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ... import data as datasets
-from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
-from ...models import accuracy
+from ...api import Context, Evaluation, Method, MetricSpec, Task, profile_entry
+from ...models import accuracy, check_classifier
 from ...registry import register_task
 from .smoothing import ABSTAIN, certified_accuracy, certify_batch, predict_batch
 
@@ -125,7 +125,7 @@ class CertifiedTask(Task):
 
     def evaluate(self, artifact, data, config: CertifiedConfig, ctx: Context) -> Evaluation:
         """CERTIFY and PREDICT the smoothed classifier on the fixed test points."""
-        model = check_classifier(artifact, data, config, ctx)
+        model = check_base_classifier(artifact, data, config, ctx)
         idx = np.arange(0, len(data.test), config.test_stride)[: config.max_test_points]
         x = data.test.x[idx].to(ctx.device)
         y = data.test.y[idx].numpy()
@@ -175,28 +175,8 @@ class CertifiedTask(Task):
         return Evaluation(metrics, curves, estimator)
 
 
-def check_classifier(artifact, data, config: CertifiedConfig, ctx: Context) -> nn.Module:
-    """The harness's checks of a returned base classifier; raises InvalidArtifact with the reason."""
-    if not isinstance(artifact, nn.Module):
-        raise InvalidArtifact(
-            f"train() must return a torch.nn.Module, got {type(artifact).__name__}"
-        )
-    model = artifact.to(ctx.device).eval()
-    x = data.test.x[:8].to(ctx.device)
-    probe = torch.cat([x, x + config.sigma * torch.randn(x.shape, generator=ctx.generator).to(x)])
-    try:
-        with torch.no_grad():
-            out = model(probe)
-    except Exception as exc:
-        raise InvalidArtifact(
-            f"the model failed on a batch of shape {tuple(probe.shape)}: {exc}"
-        ) from exc
-    k = data.num_classes
-    if not isinstance(out, torch.Tensor) or out.shape != (len(probe), k):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidArtifact(
-            f"the model must return logits of shape ({len(probe)}, {k}), got {shape}"
-        )
-    if not torch.isfinite(out).all():
-        raise InvalidArtifact("the model returned non-finite logits (NaN or inf)")
-    return model
+def check_base_classifier(artifact, data, config: CertifiedConfig, ctx: Context) -> nn.Module:
+    """The shared classifier checks on clean and sigma-noisy test inputs."""
+    x = data.test.x[:8]
+    probe = torch.cat([x, x + config.sigma * torch.randn(x.shape, generator=ctx.generator)])
+    return check_classifier(artifact, probe, data.num_classes, ctx.device)[0]

@@ -14,7 +14,7 @@ from torch import nn
 
 from ... import data as datasets
 from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
-from ...models import accuracy
+from ...models import accuracy, check_classifier
 from ...registry import register_task
 from .attacks import pgd
 from .evaluate import (
@@ -102,27 +102,10 @@ class DefenseMethod(Method):
 
 def check_model(artifact, data, ctx: Context, probe_points: int = 16) -> nn.Module:
     """The harness's checks of a returned model (logit shape, finite, deterministic in eval mode)."""
-    if not isinstance(artifact, nn.Module):
-        raise InvalidArtifact(
-            f"train() must return a torch.nn.Module, got {type(artifact).__name__}"
-        )
-    model = artifact.to(ctx.device).eval()
     x = data.test.x[:probe_points].to(ctx.device)
-    try:
-        with torch.no_grad():
-            out, again = model(x), model(x)
-    except Exception as exc:
-        raise InvalidArtifact(
-            f"the model failed on a batch of shape {tuple(x.shape)}: {exc}"
-        ) from exc
-    k = data.num_classes
-    if not isinstance(out, torch.Tensor) or out.shape != (len(x), k):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidArtifact(
-            f"the model must return logits of shape ({len(x)}, {k}), got {shape}"
-        )
-    if not torch.isfinite(out).all():
-        raise InvalidArtifact("the model returned non-finite logits (NaN or inf)")
+    model, out = check_classifier(artifact, x, data.num_classes, ctx.device)
+    with torch.no_grad():
+        again = model(x)
     if not torch.equal(out, again):
         raise InvalidArtifact(
             "the model's eval-mode forward is not deterministic (randomized defense)"
