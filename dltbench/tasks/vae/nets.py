@@ -5,7 +5,7 @@ Plug-ins may use these or bring any object with ``encode``/``decode``/``prior``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +13,9 @@ from torch import nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
 
 from ...api import Context
+from ...models import LossFn
 
 #: ``loss_fn(model, x, y, generator) -> scalar loss`` for one minibatch of flattened x (N, D).
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 class PointMass(Distribution):
