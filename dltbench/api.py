@@ -122,6 +122,12 @@ class Task(ABC):
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
     #: Config fields that split the leaderboard into rows besides method and profile.
     setting_keys: ClassVar[tuple[str, ...]] = ("dataset",)
+    #: "remote": the artifact stays in the plugin process and the evaluator queries it
+    #: through an oracle; "value": it is plain data (e.g. a sampler's draws) sent back.
+    artifact_kind: ClassVar[str] = "remote"
+    #: Plain attributes of a remote artifact read once after fit (an object with a
+    #: ``describe()`` is read as its description), e.g. a diffusion model's schedule.
+    artifact_attributes: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def configs(self, profile: str) -> list[Any]:
@@ -139,9 +145,29 @@ class Task(ABC):
     def prepare(self, config: Any, ctx: Context) -> Any:
         """Load or generate the data of ``config``; the method will see only its train view."""
 
+    def train_view(self, data: Any, config: Any) -> Any:
+        """What the method may see of ``data`` (no test split, no ground truth); runs in the
+        harness and is sent to the plugin process. May contain :class:`dltbench.oracle.Exposed`
+        objects (e.g. a counted target) that the plugin then calls through the oracle."""
+        raise NotImplementedError(f"task {self.name!r} must define train_view()")
+
     @abstractmethod
     def fit(self, method: Method, data: Any, config: Any, ctx: Context) -> Any:
-        """Call the method's protocol on the train view and return its artifact."""
+        """Call the method's protocol on the train view and return its artifact.
+
+        Runs in the plugin process: ``data`` is what :meth:`train_view` returned.
+        """
+
+    def run_plugin(self, plugin: Any, data: Any, config: Any, ctx: Context) -> Any:
+        """Harness side of fitting: send the train view, get the artifact (an oracle or data).
+
+        ``plugin`` is a :class:`dltbench.sandbox.PluginProcess`. Override to add
+        harness-side accounting around the plugin's run (e.g. a sampler's cost ledger).
+        """
+        reply = plugin.request("fit", self.train_view(data, config), config)
+        if self.artifact_kind == "value":
+            return reply
+        return RemoteArtifact.from_reply(plugin.endpoint, reply, ctx.device)
 
     @abstractmethod
     def evaluate(self, artifact: Any, data: Any, config: Any, ctx: Context) -> Evaluation:
@@ -174,6 +200,27 @@ class Task(ABC):
         """The values of ``setting_keys`` in ``config``."""
         cfg = config_dict(config)
         return {k: cfg[k] for k in self.setting_keys}
+
+
+class RemoteArtifact:
+    """Marker base; see :class:`dltbench.oracle.RemoteModule` (defined there to avoid a cycle)."""
+
+    @staticmethod
+    def from_reply(endpoint: Any, reply: Any, device: torch.device) -> Any:
+        """The harness's proxy for an artifact the plugin process keeps."""
+        from .oracle import ProtocolError, RemoteModule
+
+        if not isinstance(reply, dict) or not isinstance(reply.get("oid"), int):
+            raise ProtocolError("the plugin process answered fit with no artifact handle")
+        dtype = getattr(torch, str(reply.get("dtype")), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            dtype = torch.float32
+        proxy = RemoteModule(endpoint, reply["oid"], dtype=dtype, device=device)
+        proxy.is_module = bool(reply.get("is_module"))
+        proxy.type_name = str(reply.get("type", ""))[:100]
+        attrs = reply.get("attributes")
+        proxy.attributes = attrs if isinstance(attrs, dict) else {}
+        return proxy
 
 
 def profile_entry(table: Mapping[str, Any], profile: str) -> Any:
@@ -250,6 +297,9 @@ class Result:
     torch_version: str = ""
     hostname: str = ""
     timestamp: str = ""
+    isolation: dict[str, Any] = field(default_factory=dict)
+    eval_entropy: str = ""
+    mac: str = ""
 
     def to_json(self) -> str:
         """One line of JSON."""

@@ -132,27 +132,53 @@ def accuracy(model: nn.Module, data: Split, device: torch.device, batch_size: in
 def check_classifier(
     artifact: object, probe: torch.Tensor, num_classes: int, device: torch.device
 ) -> tuple[nn.Module, torch.Tensor]:
-    """The harness's checks of a returned classifier on ``probe`` inputs: an nn.Module whose
-    eval-mode logits have shape (len(probe), num_classes) and are finite. Returns the model
-    (on ``device``, eval mode) and its logits; raises InvalidArtifact with the reason."""
-    if not isinstance(artifact, nn.Module):
+    """The harness's checks of a returned classifier: from now on every batch it answers
+    must be logits of shape (len(x), num_classes), finite; then a first answer on ``probe``.
+
+    ``artifact`` is the oracle of a model in the plugin process
+    (:class:`dltbench.oracle.RemoteModule`) or, for harness-owned reference models, an
+    ``nn.Module``. Returns the model and its logits on ``probe``; raises InvalidArtifact.
+    """
+    from .oracle import RemoteModule
+
+    if isinstance(artifact, RemoteModule):
+        if not getattr(artifact, "is_module", True):
+            raise InvalidArtifact(
+                f"train() must return a torch.nn.Module, got {artifact.type_name or 'something else'}"
+            )
+        artifact._check = logits_check(num_classes)
+        model = artifact.to(device)
+    elif isinstance(artifact, nn.Module):
+        model = artifact.to(device).eval()
+    else:
         raise InvalidArtifact(
             f"train() must return a torch.nn.Module, got {type(artifact).__name__}"
         )
-    model = artifact.to(device).eval()
     probe = probe.to(device)
     try:
         with torch.no_grad():
             out = model(probe)
+    except InvalidArtifact:
+        raise
     except Exception as exc:
         raise InvalidArtifact(
             f"the model failed on a batch of shape {tuple(probe.shape)}: {exc}"
         ) from exc
-    if not isinstance(out, torch.Tensor) or out.shape != (len(probe), num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidArtifact(
-            f"the model must return logits of shape ({len(probe)}, {num_classes}), got {shape}"
-        )
-    if not torch.isfinite(out).all():
-        raise InvalidArtifact("the model returned non-finite logits (NaN or inf)")
+    logits_check(num_classes)("forward", (probe,), out)
     return model, out
+
+
+def logits_check(num_classes: int):
+    """A per-answer check: logits (N, num_classes) for an input batch of N, all finite."""
+
+    def check(method: str, args: tuple, out: object) -> None:
+        n = len(args[0]) if args and isinstance(args[0], torch.Tensor) else None
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape != (n, num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InvalidArtifact(
+                f"the model must return logits of shape ({n}, {num_classes}), got {shape}"
+            )
+        if not out.is_floating_point() or not torch.isfinite(out).all():
+            raise InvalidArtifact("the model returned non-finite logits (NaN or inf)")
+
+    return check

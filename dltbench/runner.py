@@ -10,6 +10,8 @@ hash, method source hash and seed (resume) unless ``force``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import importlib
 import multiprocessing as mp
@@ -18,6 +20,7 @@ import platform
 import random
 import re
 import resource
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,12 +36,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from . import __version__, registry
-from .api import Context, InvalidArtifact, Method, Result, Task, config_dict, stable_hash
+from .api import Context, InvalidArtifact, Result, Task, config_dict, stable_hash
+from .oracle import PluginDied, PluginError
+from .sandbox import PluginProcess
 from .store import append_result, read_results
 
 ProgressFn = Callable[[str, int, int], None]
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,9 @@ class RunOptions:
     in_process: bool = False
     provenance: dict[str, Any] | None = None  # versions and git commit, read once per run
     import_modules: tuple[str, ...] = ()  # where methods registered outside plugin files live
+    memory_mb: float | None = None  # address-space cap of a plugin process on CPU (--memory)
+    sandbox: str = "auto"  # auto: bwrap where it works, else none (recorded); bwrap: required
+    eval_entropy: str = ""  # replay a record's evaluation randomness (hex); empty: fresh secret
 
 
 def parse_duration(text: str) -> float:
@@ -123,12 +133,26 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def cell_contexts(seed: int, device: torch.device, data_dir: Path | None, progress: ProgressFn):
-    """Independent data, method and evaluation contexts derived from one cell seed."""
+def cell_contexts(
+    seed: int,
+    device: torch.device,
+    data_dir: Path | None,
+    progress: ProgressFn,
+    eval_entropy: str = "",
+):
+    """Independent data, method and evaluation contexts derived from one cell seed.
+
+    The evaluation's seed also mixes in ``eval_entropy`` (a secret drawn per cell and
+    recorded after it), so a plugin that knows the cell seed cannot recompute the
+    smoothing noise, attack restarts or MCMC inits; the record keeps it for replay.
+    """
     data_s, method_s, eval_s = (
         int(s.generate_state(1, np.uint64)[0] % 2**62)
         for s in np.random.SeedSequence(seed).spawn(3)
     )
+    if eval_entropy:
+        mixed = np.random.SeedSequence([eval_s, int(eval_entropy, 16)])
+        eval_s = int(mixed.generate_state(1, np.uint64)[0] % 2**62)
     return tuple(Context(s, device, data_dir, progress) for s in (data_s, method_s, eval_s))
 
 
@@ -140,38 +164,79 @@ def seed_globals(seed: int) -> None:
 
 
 def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = None) -> Result:
-    """Run one cell in this process; every exception becomes a ``failed``/``invalid`` record."""
+    """Run one cell: the harness here, the method in a confined plugin process.
+
+    Every exception becomes a ``failed``/``invalid`` record; the plugin process is
+    always ended with the cell.
+    """
     task = registry.get_task(cell.task)
     ident = identity(task, cell)
     progress = progress or (lambda desc, done, total: None)
     start = time.perf_counter()
     status, error, evaluation, device = "ok", None, None, None
+    entropy = opts.eval_entropy or secrets.token_hex(16)
+    plugin: PluginProcess | None = None
     try:
         device = resolve_device(opts.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        data_ctx, method_ctx, eval_ctx = cell_contexts(cell.seed, device, opts.data_dir, progress)
+        data_ctx, method_ctx, eval_ctx = cell_contexts(
+            cell.seed, device, opts.data_dir, progress, entropy
+        )
+        files, modules = _method_sources(task, [cell])
+        # Started first: its interpreter starts while the harness prepares the data.
+        plugin = PluginProcess(
+            plugin_files=tuple(dict.fromkeys([*opts.plugin_files, *files])),
+            import_modules=tuple(dict.fromkeys([*opts.import_modules, *modules])),
+            threads=torch.get_num_threads(), memory_mb=opts.memory_mb, device=device,
+            sandbox=opts.sandbox, on_progress=progress,
+        )  # fmt: skip
         data = task.prepare(cell.config, data_ctx)
-        method: Method = registry.get_method_class(task.name, cell.method)()
-        seed_globals(method_ctx.seed)
-        artifact = task.fit(method, data, cell.config, method_ctx)
+        plugin.request(
+            "init",
+            {"task": task.name, "method": cell.method, "seed": method_ctx.seed,
+             "device": str(device), "plugin_files": list(plugin_files_of(plugin, opts, files)),
+             "import_modules": list(dict.fromkeys([*opts.import_modules, *modules]))},
+        )  # fmt: skip
         seed_globals(eval_ctx.seed)
+        artifact = task.run_plugin(plugin, data, cell.config, eval_ctx)
+        seed_globals(eval_ctx.seed + 1)
         evaluation = task.evaluate(artifact, data, cell.config, eval_ctx)
     except InvalidArtifact as exc:
         status, error = "invalid", str(exc)
+    except PluginError as exc:
+        status, error = "failed", f"the method raised: {exc}"
+    except PluginDied as exc:
+        status, error = "failed", str(exc)
     except Exception as exc:  # a plug-in may raise anything; the run must go on
         tb = traceback.format_exc(limit=-6)
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{tb}"
+    finally:
+        if plugin is not None:
+            plugin.close()
     wall = time.perf_counter() - start
-    return _record(task, cell, ident, status, error, evaluation, wall, device or opts.device)
+    record = _record(task, cell, ident, status, error, evaluation, wall, device or opts.device)
+    record.eval_entropy = entropy
+    record.isolation = dict(plugin.isolation) if plugin is not None else {}
+    return record
+
+
+def plugin_files_of(plugin: PluginProcess, opts: RunOptions, files: list[str]) -> list[str]:
+    """The plugin files the worker must import (absolute paths, as bound in its sandbox)."""
+    return [str(Path(f).resolve()) for f in dict.fromkeys([*opts.plugin_files, *files])]
 
 
 def _record(task, cell, ident, status, error, evaluation, wall, device, in_cell=True) -> Result:
     gpu_mb = None
     if isinstance(device, torch.device) and device.type == "cuda":
         gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    # Only the cell's own process knows its peak; the parent's would be a wrong number.
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if in_cell else None
+    # Only the cell's own process knows its peak (and its reaped plugin process's); the
+    # parent's would be a wrong number.
+    rss_mb = (
+        max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF,
+                                                           resource.RUSAGE_CHILDREN)) / 1024
+        if in_cell else None
+    )  # fmt: skip
     estimator = dict(evaluation.estimator) if evaluation else {}
     if gpu_mb is not None:
         estimator["peak_gpu_memory_mb"] = gpu_mb
@@ -237,11 +302,28 @@ def git_commit() -> str | None:
         return None
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
     """Entry point of a cell's process: run it, send progress and the record back."""
     os.setsid()  # its own process group: a timeout kills the workers it started too
+    # The parent is the forkserver, which exits when the run's process dies (even by
+    # kill -9): the cell follows it, and its plugin process follows the cell.
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     global _PROVENANCE
     _PROVENANCE = opts.provenance
+
+    def send(msg: tuple) -> None:
+        try:
+            conn.send(msg)
+        except OSError:  # the parent is gone or stopped listening: end quietly
+            os._exit(0)
+
     try:
         torch.set_num_threads(n_threads)
         for module in opts.import_modules:
@@ -249,27 +331,85 @@ def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
         registry.discover(cell.task, opts.plugin_files)  # a fresh child knows only the built-ins
 
         def progress(desc: str, done: int, total: int) -> None:
-            conn.send(("progress", desc, done, total))
+            send(("progress", desc, done, total))
 
-        conn.send(("result", execute_cell(cell, opts, progress)))
+        send(("result", execute_cell(cell, opts, progress)))
     except BaseException as exc:  # noqa: BLE001 - whatever happens, the parent gets the reason
-        conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-6)}"))
+        send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-6)}"))
     finally:
-        conn.close()
+        with contextlib.suppress(OSError):
+            conn.close()
 
 
-_PRELOAD = ["torch", "numpy", "dltbench.registry", "dltbench.runner"]
+_PRELOAD = ["torch", "numpy", "dltbench.registry", "dltbench.runner", "dltbench.oracle"]
 
 
-def _mp_context():
+def _mp_context(task_module: str | None = None):
     """forkserver where it exists: children fork from a clean server process, so they never
     inherit the parent's OpenMP pool (a forked libgomp can deadlock) or a CUDA context,
-    and start in milliseconds once the server has imported torch; spawn elsewhere."""
+    and start in milliseconds once the server has imported torch and the task's package
+    (several seconds per cell otherwise); spawn elsewhere."""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
+        ctx.set_forkserver_preload(_PRELOAD + ([task_module] if task_module else []))
         return ctx
     return mp.get_context("spawn")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run was stopped (Ctrl-C, SIGTERM); ``cells`` names the cells that were cut."""
+
+    def __init__(self, cells: list[str]):
+        super().__init__(", ".join(cells))
+        self.cells = cells
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends a run like Ctrl-C: cells are stopped and named, nothing is half-written."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _claim(opts: RunOptions, task: Task, cell: Cell) -> FileLock | None:
+    """A lock that says "this run computes this cell"; None if another run holds it."""
+    key = stable_hash([*resume_key({**identity(task, cell), "seed": cell.seed,
+                                     "device": opts.device})], 24)  # fmt: skip
+    folder = Path(opts.results_dir) / ".claims"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder / f"{task.name}-{key}.lock"))
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    except OSError:  # a read-only results folder fails later, with a clear message
+        return _NoClaim()
+    return lock
+
+
+class _NoClaim:
+    def release(self) -> None:
+        """Nothing to release."""
+
+
+def _release(lock) -> None:
+    with contextlib.suppress(Exception):
+        lock.release()
+    path = getattr(lock, "lock_file", None)
+    if path:  # leave no empty lock files behind
+        with contextlib.suppress(OSError):
+            Path(path).unlink()
 
 
 @dataclass
@@ -320,8 +460,19 @@ def run_cells(
     on_progress: Callable[[Cell, str, int, int], None] | None = None,
     on_start: Callable[[Cell], None] | None = None,
     on_result: Callable[[Cell, Result], None] | None = None,
+    on_skip: Callable[[Cell, str], None] | None = None,
 ) -> list[Result]:
-    """Run ``cells`` (already filtered for resume), ``opts.jobs`` at a time; append each record."""
+    """Run ``cells`` (already filtered for resume), ``opts.jobs`` at a time; append each record.
+
+    A cell another run on the same results folder is computing (or has just recorded)
+    is skipped (``on_skip``), never computed twice. Ctrl-C or SIGTERM stops every running
+    cell and raises :class:`RunInterrupted` naming them.
+    """
+    with _sigterm_as_interrupt():
+        return _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip)
+
+
+def _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip) -> list[Result]:
     results: list[Result] = []
 
     def finish(cell: Cell, result: Result) -> None:
@@ -345,14 +496,23 @@ def run_cells(
         plugin_files=tuple(dict.fromkeys([*opts.plugin_files, *files])),
         import_modules=modules,
     )
-    ctx = _mp_context()
+    ctx = _mp_context(type(task).__module__)
     jobs = max(1, opts.jobs)
     n_threads = max(1, (os.cpu_count() or 1) // jobs)
     queue, running = list(cells), []
+    claims: dict[int, Any] = {}
+    interrupted = False
     try:
         while queue or running:
             while queue and len(running) < jobs:
                 cell = queue.pop(0)
+                claim = _claim(opts, task, cell)
+                if claim is None or _already_done(task, cell, opts):
+                    if claim is not None:
+                        _release(claim)
+                    why = "another run is computing it" if claim is None else "done meanwhile"
+                    on_skip and on_skip(cell, why)
+                    continue
                 recv, send = ctx.Pipe(duplex=False)
                 # Not a daemon: a method may start its own workers (DataLoader num_workers > 0).
                 proc = ctx.Process(target=_child, args=(cell, opts, send, n_threads))
@@ -361,6 +521,7 @@ def run_cells(
                 now = time.monotonic()
                 ident = identity(task, cell)
                 running.append(_Running(cell, ident, proc, recv, now + opts.timeout_s, now))
+                claims[id(running[-1])] = claim
                 on_start and on_start(cell)
             time.sleep(0.05)
             for run in list(running):
@@ -372,11 +533,26 @@ def run_cells(
                         _drain(run, on_progress)
                     _kill(run.proc)
                     running.remove(run)
-                    finish(run.cell, run.result or _lost(task, run, opts, timed_out=not done))
-    finally:  # Ctrl-C or a crash of the parent: leave no cell running behind
+                    try:
+                        finish(run.cell, run.result or _lost(task, run, opts, timed_out=not done))
+                    finally:
+                        _release(claims.pop(id(run)))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:  # Ctrl-C, SIGTERM or a crash of the parent: leave no cell running behind
         for run in running:
             _kill(run.proc)
+            _release(claims.pop(id(run), None))
+    if interrupted:
+        raise RunInterrupted([r.cell.label(task) for r in running])
     return results
+
+
+def _already_done(task: Task, cell: Cell, opts: RunOptions) -> bool:
+    """Whether another run recorded this cell ``ok`` since this run planned it."""
+    if opts.force:
+        return False
+    return not pending_cells(task, [cell], opts)[0]
 
 
 def _method_sources(task: Task, cells: list[Cell]) -> tuple[list[str], tuple[str, ...]]:

@@ -117,11 +117,15 @@ class CertifiedTask(Task):
         ctx.progress("load data", 0, 1)
         return datasets.load(config.dataset, ctx.data_dir)
 
+    def train_view(self, data: datasets.ImageDataset, config: CertifiedConfig):
+        """The training split only."""
+        return dataclasses.replace(data, test=None)
+
     def fit(
         self, method: CertifiedMethod, data, config: CertifiedConfig, ctx: Context
     ) -> nn.Module:
-        """Train the base classifier on the training split only."""
-        return method.train(dataclasses.replace(data, test=None), config, ctx)
+        """Train the base classifier (in the plugin process, on the training view)."""
+        return method.train(data, config, ctx)
 
     def evaluate(self, artifact, data, config: CertifiedConfig, ctx: Context) -> Evaluation:
         """CERTIFY and PREDICT the smoothed classifier on the fixed test points."""

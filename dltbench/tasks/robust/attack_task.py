@@ -21,6 +21,7 @@ from torch import nn
 from ... import data as datasets
 from ... import registry
 from ...api import Context, Evaluation, Method, MetricSpec, Task
+from ...oracle import Exposed, MethodGenerator
 from ...registry import register_task
 from .evaluate import BUDGET_TOL, CountingModel, model_fingerprint, verify_perturbation
 from .task import RobustConfig, RobustTask, check_model, robust_configs, smoke_config, test_points
@@ -72,7 +73,10 @@ def reference_model(name: str, data, config: RobustConfig, ctx: Context) -> nn.M
     cls = registry.get_method_class("robust", name)
     _, method_ctx, _ = cell_contexts(REFERENCE_SEED, ctx.device, ctx.data_dir, ctx.progress)
     torch.manual_seed(method_ctx.seed)  # as the runner does before fit()
-    model = RobustTask().fit(cls(), data, config, method_ctx)
+    # A built-in defense, trained here in the harness (trusted code); the attack being
+    # scored runs in its own process and only ever queries this model through an oracle.
+    task = RobustTask()
+    model = task.fit(cls(), task.train_view(data, config), config, method_ctx)
     return check_model(model, data, ctx)
 
 
@@ -113,8 +117,12 @@ class AttackTask(Task):
         """The dataset with its fixed split."""
         return datasets.load(config.dataset, ctx.data_dir)
 
+    def train_view(self, data, config: AttackConfig) -> None:
+        """An attack sees no data before it is run: nothing."""
+        return None
+
     def fit(self, method: AttackMethod, data, config: AttackConfig, ctx: Context) -> AttackMethod:
-        """An attack has nothing to train: the method itself is the artifact."""
+        """An attack has nothing to train: the method itself is the artifact (in its process)."""
         return method
 
     def evaluate(
@@ -123,7 +131,6 @@ class AttackTask(Task):
         """Attack each reference defense on the fixed test points; verify every x_adv; count passes."""
         pts = test_points(data, config)
         x, y = pts.x.to(ctx.device), pts.y.to(ctx.device)
-        gen = ctx.device_generator()
         metrics: dict[str, float] = {}
         per_defense = {}
         forwards = backwards = attacked = 0
@@ -134,17 +141,19 @@ class AttackTask(Task):
             with torch.no_grad():
                 clean = model(x).argmax(1) == y
             robust = clean.clone()
-            counted = CountingModel(
-                copy.deepcopy(model)
-            ).eval()  # the attack cannot touch our weights
+            # The attack runs in the plugin process and reaches this model only through
+            # the oracle: logits and input gradients, counted here.
+            counted = CountingModel(copy.deepcopy(model)).eval()
+            model_ref = artifact.share(Exposed(counted, frozenset({"__call__"}), grad=True))
             idx = clean.nonzero().flatten()
             for s in range(0, len(idx), config.batch_size):
                 b = idx[s : s + config.batch_size]
                 ctx.progress(f"attack {name}", s, len(idx))
                 start = time.perf_counter()
-                xa = artifact.perturb(
-                    counted, x[b].clone(), y[b].clone(), config.eps, config.norm, gen
-                )
+                xa = artifact.call(
+                    "perturb", model_ref, x[b].clone(), y[b].clone(), config.eps, config.norm,
+                    MethodGenerator(),
+                )  # fmt: skip
                 seconds += time.perf_counter() - start
                 xa = verify_perturbation(
                     xa, x[b], config.eps, config.norm, who=f"the attack (on {name})"
@@ -160,7 +169,7 @@ class AttackTask(Task):
             metrics[f"robust_acc_{name}"] = float(robust.float().mean())
             per_defense[name] = {
                 "version": str(cls.version), "source_hash": registry.source_hash(cls),
-                "seed": REFERENCE_SEED, "fingerprint": model_fingerprint(model),
+                "seed": REFERENCE_SEED, "fingerprint": model_fingerprint(model, tuple(x.shape[1:])),
                 "clean_acc": float(clean.float().mean()), "robust_acc": metrics[f"robust_acc_{name}"],
                 "robust": robust.int().cpu().tolist(),
             }  # fmt: skip

@@ -197,13 +197,19 @@ def masking_flags(
     return flags
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 (16 hex digits) of the model's parameters and buffers: the same weights, the same hash."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+def model_fingerprint(model: nn.Module, shape: tuple[int, ...] = (1, 8, 8)) -> str:
+    """sha256 (16 hex digits) of the model's logits on 16 fixed inputs, rounded to 1e-4.
+
+    Computed from answers only, so it works the same on a harness-owned model and on an
+    oracle of a model in a plugin process, and a plugin cannot choose it: the same
+    weights give the same hash (up to float rounding across processes).
+    """
+    gen = torch.Generator().manual_seed(20190213)
+    probe = torch.rand((16, *shape), generator=gen)
+    device = next(iter(model.parameters()), probe).device
+    with torch.no_grad():
+        out = model(probe.to(device)).double().cpu()
+    return hashlib.sha256(torch.round(out, decimals=4).numpy().tobytes()).hexdigest()[:16]
 
 
 class CountingModel(nn.Module):

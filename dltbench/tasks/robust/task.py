@@ -164,9 +164,13 @@ class RobustTask(Task):
         """The dataset with its fixed split."""
         return datasets.load(config.dataset, ctx.data_dir)
 
+    def train_view(self, data: datasets.ImageDataset, config: RobustConfig):
+        """The training split only."""
+        return dataclasses.replace(data, test=None)
+
     def fit(self, method: DefenseMethod, data, config: RobustConfig, ctx: Context) -> nn.Module:
-        """Train the defense on the training split only."""
-        return method.train(dataclasses.replace(data, test=None), config, ctx)
+        """Train the defense (in the plugin process, on the training view)."""
+        return method.train(data, config, ctx)
 
     def evaluate(self, artifact, data, config: RobustConfig, ctx: Context) -> Evaluation:
         """Run the ensemble at eps, PGD along the eps curve and at a huge eps; flag gradient masking."""
@@ -215,7 +219,7 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
     }
     curves = {
         "masking_flags": flags,
-        "model_fingerprint": model_fingerprint(model),
+        "model_fingerprint": model_fingerprint(model, tuple(x.shape[1:])),
         "eps_curve": {"eps": list(curve), "pgd_acc": list(curve.values())},
         "per_point": {
             "clean_correct": res.clean_correct.astype(int).tolist(),

@@ -1,0 +1,599 @@
+"""The narrow interface between the harness and plugin code in another process.
+
+Two processes talk over one socket: the *harness* (a cell's evaluator, which holds the
+test split, the ground truth, the evaluation's random streams and the cost ledger) and
+the *plugin worker* (:mod:`dltbench.worker`, which holds the method and its artifact).
+Either side may ask the other to call a method on an object it holds (an *oracle*):
+
+* the harness queries an artifact that stays in the worker (a model's logits, input
+  gradients through :class:`RemoteModule`'s autograd, a VAE's ``encode``), and
+* the plugin queries what the harness exposes to it (a sampler's counted target, the
+  model an attack attacks), and only the methods the harness allow-listed.
+
+Messages *to* the worker are pickled (the worker trusts the harness). Messages *from* the
+worker are decoded by :func:`decode`, which rebuilds only plain data: numbers, strings,
+lists, dicts, tensors and arrays of a few dtypes, and a fixed list of
+``torch.distributions`` from their parameters. No plugin class, and no pickle, ever
+crosses into the harness, so nothing the plugin sends can run code there.
+
+The harness verifies every answer it gets (type, shape, finiteness) through the
+``check`` of the proxy, not only a probe batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import pickle
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .api import InvalidArtifact
+
+#: dtypes a tensor from the plugin may have (numpy names; bool included).
+_DTYPES = {
+    "float16": np.float16, "float32": np.float32, "float64": np.float64,
+    "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+    "uint8": np.uint8, "bool": np.bool_,
+}  # fmt: skip
+
+#: Distributions the harness rebuilds from their parameters (name -> constructor args).
+_DISTRIBUTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "Normal": (torch.distributions.Normal, ("loc", "scale")),
+    "Bernoulli": (torch.distributions.Bernoulli, ("logits",)),
+    "ContinuousBernoulli": (torch.distributions.ContinuousBernoulli, ("logits",)),
+    "Categorical": (torch.distributions.Categorical, ("logits",)),
+    "Laplace": (torch.distributions.Laplace, ("loc", "scale")),
+    "LowRankMultivariateNormal": (
+        torch.distributions.LowRankMultivariateNormal,
+        ("loc", "cov_factor", "cov_diag"),
+    ),
+    "MultivariateNormal": (torch.distributions.MultivariateNormal, ("loc", "scale_tril")),
+}
+
+#: Largest message the harness accepts from a plugin (bytes): bounds its memory use.
+MAX_MESSAGE = 2**31
+
+
+class ProtocolError(InvalidArtifact):
+    """The plugin process sent something the protocol does not allow."""
+
+
+class PluginError(Exception):
+    """Plugin code raised; the message carries the plugin's traceback text."""
+
+
+class PluginDied(Exception):
+    """The plugin process ended (crash, memory limit, killed) while the harness waited."""
+
+
+# --------------------------------------------------------------------------- markers
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A handle on an object held by the other process (an oracle)."""
+
+    oid: int
+    kind: str = "module"  # "module": callable with autograd; "object": methods only
+
+
+@dataclass
+class Exposed:
+    """An object the harness lets the plugin call, with the allow-listed method names.
+
+    ``"__call__"`` allows calling it like a module (with input gradients when
+    ``grad`` is true).
+    """
+
+    obj: Any
+    methods: frozenset[str]
+    grad: bool = False
+    kind: str = "module"
+
+
+@dataclass(frozen=True)
+class MethodGenerator:
+    """Stands for a torch.Generator of the plugin's own (method) stream, made in the worker."""
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def encode(obj: Any) -> bytes:
+    """Plain data (and tensors) as one frame: 4-byte header length, JSON header, raw buffers."""
+    buffers: list[bytes] = []
+
+    def enc(o: Any) -> Any:
+        if isinstance(o, torch.Tensor):
+            t = o.detach()
+            if t.dtype == torch.bfloat16:
+                t = t.float()
+            a = t.cpu().contiguous().numpy()
+            buffers.append(a.tobytes())
+            return {"__t__": len(buffers) - 1, "dtype": a.dtype.name, "shape": list(a.shape)}
+        if isinstance(o, np.ndarray):
+            a = np.ascontiguousarray(o)
+            if a.dtype.name not in _DTYPES:
+                raise TypeError(f"array dtype {a.dtype} cannot cross the plugin boundary")
+            buffers.append(a.tobytes())
+            return {"__a__": len(buffers) - 1, "dtype": a.dtype.name, "shape": list(a.shape)}
+        if isinstance(o, torch.distributions.Independent):
+            return {"__dist__": "Independent", "base": enc(o.base_dist),
+                    "ndims": int(o.reinterpreted_batch_ndims)}  # fmt: skip
+        if isinstance(o, torch.distributions.Distribution):
+            name = type(o).__name__
+            if name not in _DISTRIBUTIONS or type(o) is not _DISTRIBUTIONS[name][0]:
+                raise TypeError(
+                    f"distribution {name} cannot cross the plugin boundary; use one of "
+                    f"{', '.join(sorted(_DISTRIBUTIONS))} (optionally in Independent)"
+                )
+            return {"__dist__": name,
+                    "params": {p: enc(getattr(o, p)) for p in _DISTRIBUTIONS[name][1]}}  # fmt: skip
+        if isinstance(o, Ref):
+            return {"__ref__": o.oid, "kind": o.kind}
+        if isinstance(o, bool) or o is None or isinstance(o, str):
+            return o
+        if isinstance(o, (int, np.integer)):
+            return int(o)
+        if isinstance(o, (float, np.floating)):
+            f = float(o)
+            return f if math.isfinite(f) else {"__f__": repr(f)}
+        if isinstance(o, tuple):
+            return {"__tuple__": [enc(v) for v in o]}
+        if isinstance(o, list):
+            return [enc(v) for v in o]
+        if isinstance(o, dict):
+            if not all(isinstance(k, str) for k in o):
+                raise TypeError("only dicts with string keys cross the plugin boundary")
+            if any(k.startswith("__") for k in o):
+                raise TypeError("dict keys starting with '__' are reserved by the protocol")
+            return {k: enc(v) for k, v in o.items()}
+        raise TypeError(f"a {type(o).__name__} cannot cross the plugin boundary")
+
+    header = json.dumps(
+        {"v": enc(obj), "sizes": [len(b) for b in buffers]}, separators=(",", ":")
+    ).encode()
+    return b"".join([struct.pack("<I", len(header)), header, *buffers])
+
+
+def decode(frame: bytes) -> Any:
+    """Rebuild what :func:`encode` wrote, accepting nothing else (raises ProtocolError)."""
+    try:
+        (hlen,) = struct.unpack_from("<I", frame, 0)
+        header = json.loads(bytes(frame[4 : 4 + hlen]))
+        sizes = header["sizes"]
+        if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
+            raise ProtocolError("bad buffer sizes")
+        bounds = list(itertools.accumulate(sizes, initial=4 + hlen))
+        if bounds[-1] != len(frame):
+            raise ProtocolError("frame length does not match its header")
+        starts = bounds[:-1]
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"unreadable message from the plugin process: {exc}") from exc
+
+    def array(d: dict, key: str) -> np.ndarray:
+        i, dtype, shape = d[key], d.get("dtype"), d.get("shape")
+        if not (isinstance(i, int) and 0 <= i < len(sizes)) or dtype not in _DTYPES:
+            raise ProtocolError(f"bad array descriptor {d!r}")
+        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+            raise ProtocolError(f"bad array shape {shape!r}")
+        np_dtype = np.dtype(_DTYPES[dtype])
+        if math.prod(shape) * np_dtype.itemsize != sizes[i]:
+            raise ProtocolError("array size does not match its shape")
+        return np.frombuffer(frame, np_dtype, math.prod(shape), starts[i]).reshape(shape).copy()
+
+    def dec(o: Any, depth: int = 0) -> Any:
+        if depth > 64:
+            raise ProtocolError("message nested too deeply")
+        if isinstance(o, list):
+            return [dec(v, depth + 1) for v in o]
+        if not isinstance(o, dict):
+            if isinstance(o, (str, int, float, bool)) or o is None:
+                return o
+            raise ProtocolError(f"unexpected {type(o).__name__} in a message")
+        if "__t__" in o:
+            return torch.from_numpy(array(o, "__t__"))
+        if "__a__" in o:
+            return array(o, "__a__")
+        if "__f__" in o:
+            if o["__f__"] not in ("nan", "inf", "-inf"):
+                raise ProtocolError("bad float")
+            return float(o["__f__"])
+        if "__tuple__" in o:
+            return tuple(dec(v, depth + 1) for v in o["__tuple__"])
+        if "__ref__" in o:
+            raise ProtocolError("a plugin cannot hand the harness a reference")
+        if "__dist__" in o:
+            return _rebuild_distribution(o, dec, depth)
+        if any(k.startswith("__") for k in o):
+            raise ProtocolError(f"unknown marker in {sorted(o)}")
+        return {k: dec(v, depth + 1) for k, v in o.items()}
+
+    return dec(header["v"])
+
+
+def _rebuild_distribution(o: dict, dec: Callable, depth: int) -> torch.distributions.Distribution:
+    name = o["__dist__"]
+    try:
+        if name == "Independent":
+            base = dec(o["base"], depth + 1)
+            if not isinstance(base, torch.distributions.Distribution):
+                raise ProtocolError("Independent needs a distribution")
+            return torch.distributions.Independent(base, int(o["ndims"]))
+        cls, names = _DISTRIBUTIONS[name]
+        params = {p: dec(o["params"][p], depth + 1) for p in names}
+        if not all(isinstance(v, torch.Tensor) for v in params.values()):
+            raise ProtocolError(f"{name} parameters must be tensors")
+        return cls(**params, validate_args=False)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"cannot rebuild distribution {name!r}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- endpoint
+
+
+@dataclass
+class Endpoint:
+    """One side of the connection: sends requests, and serves the other side's meanwhile.
+
+    ``trusted_peer``: messages from the peer are unpickled (the worker's view of the
+    harness); otherwise they go through :func:`decode` (the harness's view of a plugin).
+    ``objects`` are what this side lets the peer call: on the harness, :class:`Exposed`
+    entries with allow-lists; on the worker, any object (the harness is trusted).
+    """
+
+    conn: Any
+    trusted_peer: bool
+    objects: dict[int, Any] = field(default_factory=dict)
+    on_progress: Callable[[str, int, int], None] | None = None
+    #: Called on the harness for each request the plugin makes (counting, limits).
+    _next_oid: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _graphs: OrderedDict = field(default_factory=OrderedDict)
+    _next_graph: itertools.count = field(default_factory=lambda: itertools.count(1))
+    make_generator: Callable[[], torch.Generator] | None = None
+
+    # -- sending ------------------------------------------------------------------------
+    def _send(self, msg: tuple) -> None:
+        if self.trusted_peer:  # worker -> harness: plain data only
+            self.conn.send_bytes(encode(list(msg)))
+        else:  # harness -> worker
+            self.conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _recv(self) -> tuple:
+        try:
+            frame = self.conn.recv_bytes(MAX_MESSAGE)
+        except (EOFError, OSError) as exc:
+            raise PluginDied("the other process closed the connection") from exc
+        if self.trusted_peer:
+            return tuple(pickle.loads(frame))
+        msg = decode(frame)
+        if not isinstance(msg, list) or not msg or not isinstance(msg[0], str):
+            raise ProtocolError("a message from the plugin must be a list starting with its kind")
+        return tuple(msg)
+
+    def expose(self, obj: Any) -> Ref:
+        """Register ``obj`` for the peer to call; returns the handle to send."""
+        oid = next(self._next_oid)
+        self.objects[oid] = obj
+        kind = obj.kind if isinstance(obj, Exposed) else "module"
+        return Ref(oid, kind)
+
+    def request(self, op: str, *args: Any) -> Any:
+        """Send one request and serve the peer's requests until its reply comes."""
+        self._send(("req", op, *args))
+        while True:
+            msg = self._recv()
+            kind = msg[0]
+            if kind == "rep":
+                return msg[1]
+            if kind == "err":
+                raise PluginError(str(msg[1]))
+            if kind == "req":
+                self._serve_one(msg[1], msg[2:])
+            elif kind == "progress" and not self.trusted_peer:
+                self._progress(msg[1:])
+            else:
+                raise ProtocolError(f"unexpected message kind {kind!r}")
+
+    def progress(self, desc: str, done: int, total: int) -> None:
+        """Worker side: tell the harness how far a long step is."""
+        self._send(("progress", str(desc), int(done), int(total)))
+
+    def _progress(self, args: tuple) -> None:
+        well_formed = (
+            len(args) == 3
+            and isinstance(args[0], str)
+            and all(isinstance(a, int) for a in args[1:])
+        )
+        if well_formed and self.on_progress:
+            self.on_progress(args[0][:80], args[1], args[2])
+
+    # -- serving ------------------------------------------------------------------------
+    def serve_forever(self, handlers: dict[str, Callable[..., Any]]) -> None:
+        """Worker main loop: answer requests until the harness says ``close``."""
+        self._handlers = handlers
+        while True:
+            msg = self._recv()
+            if msg[0] != "req":
+                continue
+            if msg[1] == "close":
+                self._send(("rep", None))
+                return
+            self._serve_one(msg[1], msg[2:])
+
+    def _serve_one(self, op: str, args: tuple) -> None:
+        try:
+            if op == "call":
+                result = self._call(*args)
+            elif op == "vjp":
+                result = self._vjp(*args)
+            elif op == "getattr" and self.trusted_peer:
+                result = self._getattr(*args)
+            elif self.trusted_peer and op in getattr(self, "_handlers", {}):
+                result = self._handlers[op](*args)
+            else:
+                raise ProtocolError(f"operation {op!r} is not allowed")
+            self._send(("rep", result))
+        except (PluginDied, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # the requester gets the reason; this side goes on
+            import traceback
+
+            tb = traceback.format_exc(limit=-4) if self.trusted_peer else ""
+            self._send(("err", f"{type(exc).__name__}: {exc}\n{tb}"))
+
+    def _target(self, oid: Any, method: Any) -> tuple[Callable, Exposed | None]:
+        obj = self.objects.get(oid) if isinstance(oid, int) else None
+        if obj is None:
+            raise ProtocolError(f"no object {oid!r}")
+        if not isinstance(method, str):
+            raise ProtocolError("method name must be a string")
+        if isinstance(obj, Exposed):  # harness side: allow-list only
+            if method not in obj.methods:
+                raise ProtocolError(f"method {method!r} is not exposed to the plugin")
+            inner = obj.obj
+        else:
+            inner = obj
+        fn = inner if method == "__call__" else getattr(inner, method)
+        return fn, (obj if isinstance(obj, Exposed) else None)
+
+    def _materialize(self, v: Any) -> Any:
+        """Turn markers the peer sent into live objects of this side."""
+        if isinstance(v, Ref):
+            return RemoteModule(self, v.oid) if v.kind == "module" else RemoteObject(self, v.oid)
+        if isinstance(v, MethodGenerator):
+            if self.make_generator is None:
+                raise ProtocolError("no generator here")
+            return self.make_generator()
+        if isinstance(v, list):
+            return [self._materialize(x) for x in v]
+        if isinstance(v, tuple):
+            return tuple(self._materialize(x) for x in v)
+        if isinstance(v, dict):
+            return {k: self._materialize(x) for k, x in v.items()}
+        return v
+
+    def _call(self, oid: int, method: str, args: Any, kwargs: Any, keep_graph: bool) -> Any:
+        fn, exposed = self._target(oid, method)
+        args = self._materialize(list(args))
+        kwargs = self._materialize(dict(kwargs))
+        if not keep_graph:
+            # A plain query of a model needs no graph; a plugin's own procedure (an attack's
+            # perturb) may differentiate inside, so it runs in the default grad mode.
+            grad_free = method == "__call__" or exposed is not None
+            with torch.no_grad() if grad_free else contextlib.nullcontext():
+                return _plain(fn(*args, **kwargs))
+        if exposed is not None and not exposed.grad:
+            raise ProtocolError("input gradients of this object are not exposed")
+        leaves = [a.detach().requires_grad_(True) if _floating(a) else a for a in args]
+        with torch.enable_grad():
+            out = fn(*leaves, **kwargs)
+        gid = next(self._next_graph)
+        self._graphs[gid] = (leaves, out)
+        while len(self._graphs) > 8:  # a forward whose backward never comes is dropped
+            self._graphs.popitem(last=False)
+        return [gid, _plain(out)]
+
+    def _vjp(self, gid: int, cotangent: Any, retain: bool) -> Any:
+        if gid not in self._graphs:
+            raise ProtocolError(f"no recorded forward {gid!r} (dropped or never made)")
+        leaves, out = self._graphs[gid] if retain else self._graphs.pop(gid)
+        inputs = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+        if not isinstance(cotangent, torch.Tensor) or not isinstance(out, torch.Tensor):
+            raise ProtocolError("vjp needs a tensor output and a tensor cotangent")
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                out, inputs, cotangent.to(out), retain_graph=retain, allow_unused=True
+            )
+        it = iter(grads)
+        return [
+            (next(it) if isinstance(a, torch.Tensor) and a.requires_grad else None) for a in leaves
+        ]
+
+    def _getattr(self, oid: int, name: str) -> Any:
+        obj = self.objects.get(oid)
+        if obj is None or not isinstance(name, str) or name.startswith("_"):
+            raise ProtocolError(f"cannot read {name!r}")
+        return _plain(getattr(obj, name, None))
+
+
+def _floating(a: Any) -> bool:
+    return isinstance(a, torch.Tensor) and a.is_floating_point()
+
+
+def _plain(v: Any) -> Any:
+    """Detach tensors for sending (the sender's graph stays with the sender)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+class _RemoteCall(torch.autograd.Function):
+    """A call into the other process as one autograd node: backward asks it for the VJP."""
+
+    @staticmethod
+    def forward(ctx, proxy: RemoteModule, method: str, n_args: int, *args: torch.Tensor):
+        gid, out = proxy._endpoint.request("call", proxy._oid, method, list(args), {}, True)
+        out = proxy._checked(method, args, out)
+        ctx.proxy, ctx.gid, ctx.args_meta = (
+            proxy,
+            gid,
+            [(a.dtype, a.device) if isinstance(a, torch.Tensor) else None for a in args],
+        )
+        ctx.n_calls = 0
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        proxy = ctx.proxy
+        # retain: the exact trace (one backward per dimension) reuses the same forward.
+        grads = proxy._endpoint.request("vjp", ctx.gid, grad_out.detach(), True)
+        proxy.backwards += int(grad_out.shape[0]) if grad_out.dim() else 1
+        out = []
+        for g, meta in zip(grads, ctx.args_meta, strict=True):
+            if g is None or meta is None:
+                out.append(None)
+                continue
+            if not isinstance(g, torch.Tensor) or not torch.isfinite(g).all():
+                raise InvalidArtifact(f"the model's input gradient of {ctx.gid} is not finite")
+            out.append(g.to(dtype=meta[0], device=meta[1]))
+        return (None, None, None, *out)
+
+
+class RemoteObject:
+    """An object held by the other process; ``call(name, ...)`` runs one of its methods."""
+
+    def __init__(self, endpoint: Endpoint, oid: int):
+        self._endpoint, self._oid = endpoint, oid
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` on the remote object without gradients; returns plain data."""
+        return self._endpoint.request("call", self._oid, method, list(args), kwargs, False)
+
+    def share(self, exposed: Exposed) -> Ref:
+        """Let the process that holds this object call ``exposed`` (e.g. a model to attack)."""
+        return self._endpoint.expose(exposed)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *a, **k: self.call(name, *a, **k)
+
+
+class RemoteModule(RemoteObject):
+    """A module held by the other process, called like an ``nn.Module``.
+
+    Tensors go over the socket in both directions; when an input requires grad, the
+    call is an autograd node whose backward asks the owner for the vector-Jacobian
+    product (the owner keeps the last few forwards' graphs). ``check(method, args, out)``
+    verifies every answer and raises InvalidArtifact; ``forwards``/``backwards`` count
+    rows through each.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        oid: int,
+        check: Callable[[str, tuple, Any], Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__(endpoint, oid)
+        self._check, self.dtype, self.device = check, dtype, torch.device(device)
+        self.forwards = self.backwards = 0
+        self.training = False
+
+    def _checked(self, method: str, args: tuple, out: Any) -> Any:
+        out = _to_device(out, self.device)
+        if self._check is not None:
+            res = self._check(method, args, out)
+            out = out if res is None else res
+        if isinstance(out, torch.Tensor) and out.dim():
+            self.forwards += int(out.shape[0])
+        return out
+
+    def __call__(self, *args: Any) -> Any:
+        return self.method("forward", *args)
+
+    def forward(self, *args: Any) -> Any:
+        """Same as calling the module."""
+        return self.method("forward", *args)
+
+    def method(self, name: str, *args: Any) -> Any:
+        """Call ``name`` (a tensor-in, tensor-out method), differentiable in tensor inputs."""
+        remote_name = "__call__" if name == "forward" else name
+        if torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in args
+        ):
+            return _RemoteCall.apply(self, remote_name, len(args), *args)
+        out = self._endpoint.request("call", self._oid, remote_name, list(args), {}, False)
+        return self._checked(remote_name, args, out)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call any method without gradients; answers are checked like forwards."""
+        out = self._endpoint.request("call", self._oid, method, list(args), kwargs, False)
+        return self._checked(method, tuple(args), out)
+
+    # The evaluators treat models as nn.Modules; these keep that code path unchanged.
+    def eval(self) -> RemoteModule:
+        """No-op (the owner put the artifact in eval mode); returns self."""
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> RemoteModule:
+        """Only records the device answers are moved to; returns self."""
+        for a in [*args, kwargs.get("device")]:
+            if isinstance(a, (str, torch.device)):
+                self.device = torch.device(a)
+        return self
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        """One empty tensor of the model's dtype (what ``next(model.parameters()).dtype`` needs)."""
+        yield torch.empty(0, dtype=self.dtype, device=self.device)
+
+    def requires_grad_(self, flag: bool = True) -> RemoteModule:
+        """No-op: the harness never trains a remote model."""
+        return self
+
+
+def _to_device(v: Any, device: torch.device) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.to(device)
+    if isinstance(v, list):
+        return [_to_device(x, device) for x in v]
+    if isinstance(v, tuple):
+        return tuple(_to_device(x, device) for x in v)
+    if isinstance(v, dict):
+        return {k: _to_device(x, device) for k, x in v.items()}
+    if isinstance(v, torch.distributions.Distribution) and device.type != "cpu":
+        return _dist_to(v, device)
+    return v
+
+
+def _dist_to(d: torch.distributions.Distribution, device: torch.device):
+    if isinstance(d, torch.distributions.Independent):
+        return torch.distributions.Independent(
+            _dist_to(d.base_dist, device), d.reinterpreted_batch_ndims
+        )
+    cls, names = _DISTRIBUTIONS[type(d).__name__]
+    return cls(**{p: getattr(d, p).to(device) for p in names}, validate_args=False)

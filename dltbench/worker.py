@@ -1,0 +1,87 @@
+"""The plugin worker: ``python -m dltbench.worker FD THREADS``, started by the harness.
+
+It holds the method and its artifact and nothing of the evaluation: it receives the
+task's training view, runs ``task.fit`` (the method's protocol), keeps the artifact and
+answers the harness's oracle queries on it (:mod:`dltbench.oracle`) until told to close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import random
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import registry
+from .api import Context
+from .oracle import Endpoint, PluginDied
+
+
+class Worker:
+    """The state of one plugin process: its method, context and artifact."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self.task = self.method = self.ctx = None
+
+    def init(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Load the method's code and make its context (its own seed; no data dir)."""
+        for module in spec.get("import_modules", ()):
+            importlib.import_module(module)
+        registry.discover(spec["task"], tuple(spec.get("plugin_files", ())))
+        self.task = registry.get_task(spec["task"])
+        self.method = registry.get_method_class(spec["task"], spec["method"])()
+        device = torch.device(spec["device"])
+        self.ctx = Context(int(spec["seed"]), device, None, self.endpoint.progress)
+        self.endpoint.make_generator = self.ctx.device_generator
+        seed = int(spec["seed"])
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        return {"ok": True}
+
+    def fit(self, view: Any, config: Any) -> Any:
+        """Run the method on the training view; keep a model here, or send back plain data."""
+        view = self.endpoint._materialize(view)
+        artifact = self.task.fit(self.method, view, config, self.ctx)
+        if self.task.artifact_kind == "value":
+            return artifact
+        if isinstance(artifact, torch.nn.Module):
+            artifact = artifact.eval()
+            dtype = next((p.dtype for p in artifact.parameters()), torch.float32)
+        else:
+            dtype = torch.float32
+        oid = self.endpoint.expose(artifact).oid
+        attrs = {}
+        for name in self.task.artifact_attributes:
+            value = getattr(artifact, name, None)
+            describe = getattr(value, "describe", None)
+            attrs[name] = describe() if callable(describe) else value
+        return {
+            "oid": oid,
+            "type": type(artifact).__name__,
+            "is_module": isinstance(artifact, torch.nn.Module),
+            "dtype": str(dtype).removeprefix("torch."),
+            "attributes": attrs,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve one harness over the inherited socket ``FD``."""
+    argv = sys.argv[1:] if argv is None else argv
+    fd, threads = int(argv[0]), int(argv[1])
+    torch.set_num_threads(max(1, threads))
+    endpoint = Endpoint(Connection(fd), trusted_peer=True)
+    worker = Worker(endpoint)
+    with contextlib.suppress(PluginDied):  # the harness went away: nothing left to answer
+        endpoint.serve_forever({"init": worker.init, "fit": worker.fit})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
