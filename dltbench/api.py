@@ -126,7 +126,7 @@ class Task(ABC):
     #: through an oracle; "value": it is plain data (e.g. a sampler's draws) sent back.
     artifact_kind: ClassVar[str] = "remote"
     #: Plain attributes of a remote artifact read once after fit (an object with a
-    #: ``describe()`` is read as its description), e.g. a diffusion model's schedule.
+    #: ``to_state()`` is sent as that plain state), e.g. a diffusion model's schedule.
     artifact_attributes: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
@@ -220,6 +220,8 @@ class RemoteArtifact:
         proxy.type_name = str(reply.get("type", ""))[:100]
         attrs = reply.get("attributes")
         proxy.attributes = attrs if isinstance(attrs, dict) else {}
+        methods = reply.get("methods")
+        proxy.methods = {str(m) for m in methods} if isinstance(methods, list) else set()
         return proxy
 
 

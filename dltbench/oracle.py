@@ -59,6 +59,12 @@ _DISTRIBUTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "MultivariateNormal": (torch.distributions.MultivariateNormal, ("loc", "scale_tril")),
 }
 
+
+def register_distribution(cls: type, params: tuple[str, ...]) -> None:
+    """Let a dltbench-defined distribution class cross the boundary, rebuilt from ``params``."""
+    _DISTRIBUTIONS[cls.__name__] = (cls, params)
+
+
 #: Largest message the harness accepts from a plugin (bytes): bounds its memory use.
 MAX_MESSAGE = 2**31
 
@@ -78,12 +84,13 @@ class PluginDied(Exception):
 # --------------------------------------------------------------------------- markers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Ref:
     """A handle on an object held by the other process (an oracle)."""
 
     oid: int
     kind: str = "module"  # "module": callable with autograd; "object": methods only
+    attributes: dict = field(default_factory=dict)  # plain values the holder publishes
 
 
 @dataclass
@@ -98,6 +105,8 @@ class Exposed:
     methods: frozenset[str]
     grad: bool = False
     kind: str = "module"
+    #: Plain values handed over with the handle (e.g. a target's dim and device).
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -235,7 +244,9 @@ def _rebuild_distribution(o: dict, dec: Callable, depth: int) -> torch.distribut
         params = {p: dec(o["params"][p], depth + 1) for p in names}
         if not all(isinstance(v, torch.Tensor) for v in params.values()):
             raise ProtocolError(f"{name} parameters must be tensors")
-        return cls(**params, validate_args=False)
+        if cls.__module__.startswith("torch."):
+            return cls(**params, validate_args=False)
+        return cls(**params)
     except ProtocolError:
         raise
     except Exception as exc:
@@ -288,11 +299,18 @@ class Endpoint:
         """Register ``obj`` for the peer to call; returns the handle to send."""
         oid = next(self._next_oid)
         self.objects[oid] = obj
-        kind = obj.kind if isinstance(obj, Exposed) else "module"
-        return Ref(oid, kind)
+        if isinstance(obj, Exposed):
+            return Ref(oid, obj.kind, dict(obj.attributes))
+        return Ref(oid, "module")
 
     def request(self, op: str, *args: Any) -> Any:
-        """Send one request and serve the peer's requests until its reply comes."""
+        """Send one request and serve the peer's requests until its reply comes.
+
+        On the harness, :class:`Exposed` objects anywhere in ``args`` are registered and
+        sent as handles: the object itself never leaves the harness.
+        """
+        if not self.trusted_peer:
+            args = tuple(self._handles(a) for a in args)
         self._send(("req", op, *args))
         while True:
             msg = self._recv()
@@ -307,6 +325,17 @@ class Endpoint:
                 self._progress(msg[1:])
             else:
                 raise ProtocolError(f"unexpected message kind {kind!r}")
+
+    def _handles(self, v: Any) -> Any:
+        if isinstance(v, Exposed):
+            return self.expose(v)
+        if isinstance(v, list):
+            return [self._handles(x) for x in v]
+        if isinstance(v, tuple):
+            return tuple(self._handles(x) for x in v)
+        if isinstance(v, dict):
+            return {k: self._handles(x) for k, x in v.items()}
+        return v
 
     def progress(self, desc: str, done: int, total: int) -> None:
         """Worker side: tell the harness how far a long step is."""
@@ -373,7 +402,10 @@ class Endpoint:
     def _materialize(self, v: Any) -> Any:
         """Turn markers the peer sent into live objects of this side."""
         if isinstance(v, Ref):
-            return RemoteModule(self, v.oid) if v.kind == "module" else RemoteObject(self, v.oid)
+            proxy = RemoteModule(self, v.oid) if v.kind == "module" else RemoteObject(self, v.oid)
+            for name, value in v.attributes.items():
+                setattr(proxy, name, value)
+            return proxy
         if isinstance(v, MethodGenerator):
             if self.make_generator is None:
                 raise ProtocolError("no generator here")
@@ -386,7 +418,7 @@ class Endpoint:
             return {k: self._materialize(x) for k, x in v.items()}
         return v
 
-    def _call(self, oid: int, method: str, args: Any, kwargs: Any, keep_graph: bool) -> Any:
+    def _call(self, oid: int, method: str, args: Any, kwargs: Any, keep_graph: bool | list) -> Any:
         fn, exposed = self._target(oid, method)
         args = self._materialize(list(args))
         kwargs = self._materialize(dict(kwargs))
@@ -398,7 +430,11 @@ class Endpoint:
                 return _plain(fn(*args, **kwargs))
         if exposed is not None and not exposed.grad:
             raise ProtocolError("input gradients of this object are not exposed")
-        leaves = [a.detach().requires_grad_(True) if _floating(a) else a for a in args]
+        mask = keep_graph if isinstance(keep_graph, list) else [True] * len(args)
+        leaves = [
+            a.detach().requires_grad_(True) if _floating(a) and bool(m) else a
+            for a, m in zip(args, mask, strict=False)
+        ] + list(args[len(mask) :])
         with torch.enable_grad():
             out = fn(*leaves, **kwargs)
         gid = next(self._next_graph)
@@ -453,7 +489,8 @@ class _RemoteCall(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, proxy: RemoteModule, method: str, n_args: int, *args: torch.Tensor):
-        gid, out = proxy._endpoint.request("call", proxy._oid, method, list(args), {}, True)
+        mask = [isinstance(a, torch.Tensor) and a.requires_grad for a in args]
+        gid, out = proxy._endpoint.request("call", proxy._oid, method, list(args), {}, mask)
         out = proxy._checked(method, args, out)
         ctx.proxy, ctx.gid, ctx.args_meta = (
             proxy,
@@ -496,8 +533,16 @@ class RemoteObject:
         return self._endpoint.expose(exposed)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
+        if name.startswith("_") or name in ("attributes", "methods"):
             raise AttributeError(name)
+        attrs = self.__dict__.get("attributes") or {}
+        if name in attrs:  # plain values the owner published
+            return attrs[name]
+        methods = self.__dict__.get("methods")
+        if methods is not None and name not in methods:
+            raise AttributeError(
+                f"the remote {self.__dict__.get('type_name', 'object')} has no {name!r}"
+            )
         return lambda *a, **k: self.call(name, *a, **k)
 
 
@@ -596,4 +641,9 @@ def _dist_to(d: torch.distributions.Distribution, device: torch.device):
             _dist_to(d.base_dist, device), d.reinterpreted_batch_ndims
         )
     cls, names = _DISTRIBUTIONS[type(d).__name__]
-    return cls(**{p: getattr(d, p).to(device) for p in names}, validate_args=False)
+    kwargs = {p: getattr(d, p).to(device) for p in names}
+    return (
+        cls(**kwargs, validate_args=False)
+        if cls.__module__.startswith("torch.")
+        else cls(**kwargs)
+    )

@@ -37,6 +37,9 @@ _ORIGIN: dict[tuple[str, str], str] = {}
 _loaded_builtins: set[str] = set()
 _loaded_entry_points = False
 _current_origin = "builtin"
+#: True only in a plugin worker (:mod:`dltbench.worker`): plugin code is imported there
+#: and nowhere else. The harness knows a plugin's methods by :class:`MethodStub`.
+IN_WORKER = False
 
 
 class RegistryError(Exception):
@@ -148,12 +151,19 @@ def load_builtins(task: str | None = None) -> None:
 
 
 def load_entry_points() -> None:
-    """Load the ``dltbench.tasks`` and ``dltbench.methods`` entry points of installed packages."""
+    """Load the ``dltbench.tasks`` and ``dltbench.methods`` entry points of installed packages.
+
+    A task is harness code (its evaluator) and is imported here; methods are plugin code,
+    imported in the harness only through a sandboxed worker (:func:`describe_plugins`).
+    """
     global _loaded_entry_points, _current_origin
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
-    for group in ("dltbench.tasks", "dltbench.methods"):
+    groups = ("dltbench.tasks", "dltbench.methods") if IN_WORKER else ("dltbench.tasks",)
+    if not IN_WORKER and list(entry_points(group="dltbench.methods")):
+        register_stubs([i for i in describe_plugins(None, ()) if i["origin"].startswith("entry")])
+    for group in groups:
         for ep in entry_points(group=group):
             _current_origin = f"entry-point {ep.name} = {ep.value}"
             try:
@@ -182,13 +192,101 @@ def _register_loaded(obj: Any, origin: str) -> None:
             _current_origin = "builtin"
 
 
+class MethodStub(Method):
+    """The harness's stand-in for a plugin's method class: what a record needs to know
+    (name, version, source hash, hyper-parameters, description, declared requirements),
+    read by a sandboxed worker, so that plugin code is never imported in the harness."""
+
+    def __init__(self, info: dict[str, Any] | None = None):
+        info = info or {}
+        self.info = info
+        self.name, self.task = str(info.get("name", "")), str(info.get("task", ""))
+        self.version = str(info.get("version", "0"))
+        self.source = str(info.get("source_hash", ""))
+        self.requires = tuple(str(r) for r in info.get("requires", ()))
+        self.__module__ = str(info.get("module", "plugin"))
+
+    def __call__(self) -> MethodStub:
+        """Instantiating the stub gives itself (its params are the method's defaults)."""
+        return self
+
+    def get_params(self) -> dict[str, Any]:
+        """The method's constructor defaults, as the worker read them."""
+        params = self.info.get("params", {})
+        return dict(params) if isinstance(params, dict) else {}
+
+    def description(self) -> str:
+        """The method's own one-line description, as the worker read it."""
+        return str(self.info.get("description", ""))[:200]
+
+
+def describe_plugins(task: str | None, plugin_files: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Import plugin files and method entry points in a sandboxed worker; their methods' infos."""
+    from .oracle import PluginError
+    from .sandbox import PluginProcess
+
+    files = tuple(str(Path(f).resolve()) for f in plugin_files)
+    with PluginProcess(plugin_files=files) as worker:
+        try:
+            return worker.request("describe", {"task": task, "plugin_files": list(files)})
+        except PluginError as exc:
+            first = str(exc).split("\n", 1)[0].removeprefix("RegistryError: ")
+            raise RegistryError(first) from exc
+
+
+def method_infos(task: str | None = None) -> list[dict[str, Any]]:
+    """Worker side: the infos of every method not built into dltbench (see describe_plugins)."""
+    out = []
+    for (t, n), cls in sorted(_METHODS.items()):
+        origin = _ORIGIN[(t, n)]
+        if origin == "builtin" or (task is not None and t != task):
+            continue
+        out.append({
+            "task": t, "name": n, "version": str(cls.version), "source_hash": source_hash(cls),
+            "params": jsonable(cls().get_params()), "origin": origin,
+            "description": cls.description(), "requires": list(getattr(cls, "requires", ())),
+            "module": cls.__module__,
+        })  # fmt: skip
+    return out
+
+
+def register_stubs(infos: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Harness side: know plugin methods by their stubs (origin as the worker saw it)."""
+    keys = []
+    for info in infos:
+        key = (str(info["task"]), str(info["name"]))
+        old = _METHODS.get(key)
+        if old is not None and not isinstance(old, MethodStub):
+            raise RegistryError(f"method {key[1]!r} of task {key[0]!r} is registered twice "
+                                f"({_ORIGIN[key]} and {info.get('origin')})")  # fmt: skip
+        _METHODS[key] = MethodStub(info)  # type: ignore[assignment]
+        _ORIGIN[key] = str(info.get("origin", "plugin"))
+        keys.append(key)
+    return keys
+
+
 def load_plugin_file(path: str | Path) -> list[tuple[str, str]]:
-    """Import a plugin file; returns the (task, method) keys it registered."""
+    """Make a plugin file's methods known; returns the (task, method) keys it registered.
+
+    In the harness the file is imported only inside a sandboxed worker, which reports
+    its methods (:func:`describe_plugins`); in a worker it is imported here.
+    """
     global _current_origin
     path = Path(path).resolve()
     if not path.is_file():
         raise RegistryError(f"plugin file {str(path)!r} does not exist")
     load_builtins()
+    if not IN_WORKER:
+        known = [k for k, o in _ORIGIN.items() if o == f"file {path}"]
+        if known:
+            return known
+        infos = [i for i in describe_plugins(None, (str(path),)) if i["origin"] == f"file {path}"]
+        if not infos:
+            raise RegistryError(
+                f"plugin {path.name} registered no method: decorate a class with "
+                "@dltbench.register_method(task=..., name=...)"
+            )
+        return register_stubs(infos)
     before = set(_METHODS)
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
     modname = f"dltbench_plugin_{path.stem}_{digest}"
@@ -256,6 +354,8 @@ def get_method_class(task: str, name: str) -> type[Method]:
             f"unknown method {name!r} for task {task!r}." + _did_you_mean(name, method_names(task))
         )
     cls = _METHODS[(task, name)]
+    if isinstance(cls, MethodStub):  # checked by the worker that imported it
+        return cls  # type: ignore[return-value]
     problems = check_method_class(cls, task)
     if problems:
         raise RegistryError(f"method {name!r}: " + "; ".join(problems))
@@ -271,7 +371,9 @@ def task_source_hash(cls: type[Task]) -> str:
     """sha256 of the evaluator's code: the task's package and the shared data and model code."""
     pkg = Path(inspect.getfile(cls)).resolve().parent
     here = Path(__file__).resolve().parent
-    files = sorted(pkg.glob("*.py")) + [here / "models.py", here / "data" / "__init__.py"]
+    files = sorted(pkg.glob("*.py")) + [
+        here / "models.py", here / "data" / "__init__.py", here / "oracle.py",
+    ]  # fmt: skip
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
@@ -280,6 +382,8 @@ def task_source_hash(cls: type[Task]) -> str:
 
 def source_hash(cls: type) -> str:
     """sha256 of the source of the module that defines ``cls`` (what its numbers depend on)."""
+    if isinstance(cls, MethodStub):
+        return cls.source
     module = sys.modules.get(cls.__module__)
     try:
         src = inspect.getsource(module) if module else inspect.getsource(cls)

@@ -81,6 +81,7 @@ class RunOptions:
     memory_mb: float | None = None  # address-space cap of a plugin process on CPU (--memory)
     sandbox: str = "auto"  # auto: bwrap where it works, else none (recorded); bwrap: required
     eval_entropy: str = ""  # replay a record's evaluation randomness (hex); empty: fresh secret
+    method_infos: tuple[dict, ...] = ()  # plugin methods' stubs, read once by a sandboxed worker
 
 
 def parse_duration(text: str) -> float:
@@ -191,6 +192,11 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
             threads=torch.get_num_threads(), memory_mb=opts.memory_mb, device=device,
             sandbox=opts.sandbox, on_progress=progress,
         )  # fmt: skip
+        plugin.method_info = {
+            "requires": tuple(
+                getattr(registry.get_method_class(task.name, cell.method), "requires", ())
+            )
+        }
         data = task.prepare(cell.config, data_ctx)
         plugin.request(
             "init",
@@ -328,7 +334,10 @@ def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
         torch.set_num_threads(n_threads)
         for module in opts.import_modules:
             importlib.import_module(module)
-        registry.discover(cell.task, opts.plugin_files)  # a fresh child knows only the built-ins
+        # A fresh child knows only the built-ins; plugin methods come as stubs (their code
+        # is imported only in the plugin process).
+        registry.register_stubs(list(opts.method_infos))
+        registry.discover(cell.task)
 
         def progress(desc: str, done: int, total: int) -> None:
             send(("progress", desc, done, total))
@@ -495,6 +504,11 @@ def _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip) -> 
         provenance=_static_provenance(),
         plugin_files=tuple(dict.fromkeys([*opts.plugin_files, *files])),
         import_modules=modules,
+        method_infos=tuple(
+            registry.get_method_class(task.name, m).info
+            for m in dict.fromkeys(c.method for c in cells)
+            if isinstance(registry.get_method_class(task.name, m), registry.MethodStub)
+        ),
     )
     ctx = _mp_context(type(task).__module__)
     jobs = max(1, opts.jobs)

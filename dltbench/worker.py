@@ -60,10 +60,15 @@ class Worker:
         attrs = {}
         for name in self.task.artifact_attributes:
             value = getattr(artifact, name, None)
-            describe = getattr(value, "describe", None)
-            attrs[name] = describe() if callable(describe) else value
+            to_state = getattr(value, "to_state", None)
+            attrs[name] = to_state() if callable(to_state) else value
+        methods = sorted(
+            n for n in dir(type(artifact))
+            if not n.startswith("_") and callable(getattr(type(artifact), n, None))
+        )  # fmt: skip
         return {
             "oid": oid,
+            "methods": methods,
             "type": type(artifact).__name__,
             "is_module": isinstance(artifact, torch.nn.Module),
             "dtype": str(dtype).removeprefix("torch."),
@@ -71,15 +76,22 @@ class Worker:
         }
 
 
+def describe(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Import plugin files and method entry points here; report their methods' infos."""
+    registry.discover(spec.get("task"), tuple(spec.get("plugin_files", ())))
+    return registry.method_infos(spec.get("task"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve one harness over the inherited socket ``FD``."""
     argv = sys.argv[1:] if argv is None else argv
+    registry.IN_WORKER = True
     fd, threads = int(argv[0]), int(argv[1])
     torch.set_num_threads(max(1, threads))
     endpoint = Endpoint(Connection(fd), trusted_peer=True)
     worker = Worker(endpoint)
     with contextlib.suppress(PluginDied):  # the harness went away: nothing left to answer
-        endpoint.serve_forever({"init": worker.init, "fit": worker.fit})
+        endpoint.serve_forever({"init": worker.init, "fit": worker.fit, "describe": describe})
     return 0
 
 

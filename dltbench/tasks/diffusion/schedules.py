@@ -47,6 +47,10 @@ class Schedule:
         """A JSON-ready description for records."""
         return {"type": type(self).__name__, "t_min": self.t_min}
 
+    def to_state(self) -> dict:
+        """Everything that rebuilds the schedule (plain data; crosses the plugin boundary)."""
+        return self.describe()
+
 
 class LinearSchedule(Schedule):
     """The continuous-time limit of DDPM's linear betas (Song et al. 2021's VP SDE).
@@ -119,6 +123,30 @@ class DiscreteSchedule(Schedule):
 
     def describe(self) -> dict:
         return {**super().describe(), "steps": self.steps}
+
+    def to_state(self) -> dict:
+        return {"type": "DiscreteSchedule", "alphas_cumprod": self.alphas_cumprod.tolist()}
+
+
+def schedule_from_state(state: object) -> Schedule:
+    """Rebuild one of the built-in schedule families from :meth:`Schedule.to_state` (harness
+    side: a plugin's schedule is data, never code); raises ValueError for anything else."""
+    if not isinstance(state, dict) or not isinstance(state.get("type"), str):
+        raise ValueError("the model's schedule must be a dltbench diffusion Schedule")
+    kind, args = state["type"], {k: v for k, v in state.items() if k != "type"}
+    families = {"LinearSchedule": LinearSchedule, "CosineSchedule": CosineSchedule,
+                "DiscreteSchedule": DiscreteSchedule}  # fmt: skip
+    if kind not in families:
+        raise ValueError(f"schedule {kind!r} is not one of {', '.join(families)}")
+    if kind == "DiscreteSchedule":
+        return DiscreteSchedule(torch.tensor(args.get("alphas_cumprod"), dtype=torch.float64))
+    allowed = {"LinearSchedule": ("beta_min", "beta_max", "t_min"),
+               "CosineSchedule": ("s", "log_snr_min", "t_min")}[kind]  # fmt: skip
+    if set(args) - set(allowed) or not all(
+        isinstance(v, (int, float)) and math.isfinite(v) for v in args.values()
+    ):
+        raise ValueError(f"bad {kind} parameters: {args}")
+    return families[kind](**args)
 
 
 #: Where the ODE and the samplers start from N(0, I): lambda = -10.5, alpha^2 = 2.8e-5 (the linear

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
+from ...oracle import RemoteModule
 from ...registry import register_task
 from . import data as ddata
 from .likelihood import LN2, dequantize, nats_to_bits_per_dim, ode_nll, resolve_backend, vlb_terms
 from .sampling import median_bandwidth, mmd2, sample
-from .schedules import LOG_SNR_END, PREDICTIONS, Schedule
+from .schedules import LOG_SNR_END, PREDICTIONS, Schedule, schedule_from_state
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class DiffusionTask(Task):
     method_type = DiffusionMethod
     protocol = "train"
     primary_metric = "ode_nll_bpd"
+    artifact_attributes = ("schedule", "prediction")
     setting_keys = ("dataset",)
     metrics = (
         MetricSpec("ode_nll_bpd", False, "bits/dim",
@@ -137,11 +139,15 @@ class DiffusionTask(Task):
         ctx.progress("load data", 0, 1)
         return ddata.load(config.dataset, config.n_train, config.n_test, ctx.rng, ctx.data_dir)
 
+    def train_view(self, data: ddata.DiffusionData, config: DiffusionConfig):
+        """The training split only."""
+        return data.train_view()
+
     def fit(
         self, method: DiffusionMethod, data, config: DiffusionConfig, ctx: Context
     ) -> nn.Module:
-        """Train on the training split only."""
-        return method.train(data.train_view(), config, ctx)
+        """Train (in the plugin process, on the training view)."""
+        return method.train(data, config, ctx)
 
     def evaluate(
         self, artifact, data: ddata.DiffusionData, config: DiffusionConfig, ctx: Context
@@ -261,9 +267,28 @@ def estimator_dict(
     }  # fmt: skip
 
 
-def check_model(artifact, data: ddata.DiffusionData, ctx: Context) -> nn.Module:
-    """The harness's checks of a returned model; raises InvalidArtifact with the reason."""
-    if not isinstance(artifact, nn.Module):
+def check_model(artifact, data: ddata.DiffusionData, ctx: Context):
+    """The harness's checks of a returned model; raises InvalidArtifact with the reason.
+
+    ``artifact`` is the oracle of a model in the plugin process (its schedule is rebuilt
+    here from plain parameters: a schedule is data, never plugin code) or, in library
+    use, an ``nn.Module``. From here on every answer must be finite and shaped like x.
+    """
+    if isinstance(artifact, RemoteModule):
+        if not getattr(artifact, "is_module", False):
+            raise InvalidArtifact(
+                f"train() must return a torch.nn.Module, got {artifact.type_name or 'something else'}"
+            )
+        try:
+            artifact.attributes["schedule"] = schedule_from_state(
+                artifact.attributes.get("schedule")
+            )
+        except (ValueError, TypeError) as exc:
+            raise InvalidArtifact(
+                f"the model must have a `schedule` attribute (a dltbench diffusion Schedule): {exc}"
+            ) from exc
+        artifact._check = _prediction_check
+    elif not isinstance(artifact, nn.Module):
         raise InvalidArtifact(
             f"train() must return a torch.nn.Module, got {type(artifact).__name__}"
         )
@@ -285,15 +310,26 @@ def check_model(artifact, data: ddata.DiffusionData, ctx: Context) -> nn.Module:
     try:
         with torch.no_grad():
             out = model(probe.to(dtype), t.to(dtype))
+    except InvalidArtifact:
+        raise
     except Exception as exc:
         raise InvalidArtifact(
             f"the model failed on x of shape {tuple(probe.shape)} and t of shape {tuple(t.shape)}: {exc}"
         ) from exc
-    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+    _prediction_check("forward", (probe, t), out)
+    return model
+
+
+def _prediction_check(method: str, args: tuple, out: object) -> None:
+    """Every answer of a denoiser: a finite tensor shaped like its input x."""
+    x = args[0] if args else None
+    if (
+        not isinstance(out, torch.Tensor)
+        or not isinstance(x, torch.Tensor)
+        or out.shape != x.shape
+    ):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InvalidArtifact(
-            f"the model must return a prediction of shape {tuple(probe.shape)}, got {shape}"
-        )
+        want = tuple(x.shape) if isinstance(x, torch.Tensor) else "?"
+        raise InvalidArtifact(f"the model must return a prediction of shape {want}, got {shape}")
     if not torch.isfinite(out).all():
         raise InvalidArtifact("the model returned non-finite values (NaN or inf)")
-    return model

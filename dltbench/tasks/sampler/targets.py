@@ -286,6 +286,66 @@ class Mixture(Target):
         return z
 
 
+class Reparameterized(Target):
+    """``base`` seen through a secret coordinate permutation, sign flips and shift.
+
+    x'_i = s_i x_{perm_i} + b_i with s_i = +-1, a map of determinant +-1, so densities
+    are unchanged in value and the moments move exactly (mean' = s * mean[perm] + b,
+    var' = var[perm]). Drawn per cell from the evaluation's secret stream, it leaves the
+    problem's geometry (and so a sampler's difficulty) as it was, while a plugin that
+    knows a target's public definition cannot produce its draws or moments without
+    evaluating it.
+    """
+
+    def __init__(self, base: Target, generator: torch.Generator):
+        d = base.dim
+        self.base, self.name, self.dim = base, base.name, d
+        self.normalized, self.exact = base.normalized, base.exact
+        self.capabilities, self.n_data, self.device = base.capabilities, base.n_data, base.device
+        self.perm = torch.randperm(d, generator=generator)
+        self.sign = torch.where(torch.rand(d, generator=generator, dtype=DTYPE) < 0.5, -1.0, 1.0)
+        self.shift = torch.randn(d, generator=generator, dtype=DTYPE)
+        self.perm, self.sign, self.shift = (
+            t.to(base.device) for t in (self.perm, self.sign, self.shift)
+        )
+        cpu = (self.perm.cpu(), self.sign.cpu(), self.shift.cpu())
+        self.mean = cpu[1] * base.mean[cpu[0]] + cpu[2]
+        self.var = base.var[cpu[0]].clone()
+        self.mean_se = base.mean_se[cpu[0]].clone()
+        self.var_se = base.var_se[cpu[0]].clone()
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Points of the base target in this target's coordinates."""
+        return self.sign * x[..., self.perm] + self.shift
+
+    def inverse_map(self, y: torch.Tensor) -> torch.Tensor:
+        """Points of this target in the base target's coordinates."""
+        x = torch.empty_like(y)
+        x[..., self.perm] = (y - self.shift) * self.sign
+        return x
+
+    def _log_prob(self, x):
+        return self.base._log_prob(self.inverse_map(x))
+
+    def _grad(self, x):
+        return self.base._grad(self.inverse_map(x))[..., self.perm] * self.sign
+
+    def _conditional(self, x, i):
+        j = int(self.perm[i])
+        m, sd = self.base._conditional(self.inverse_map(x), j)
+        return self.sign[i] * m + self.shift[i], sd
+
+    def _minibatch_grad(self, x, idx):
+        return self.base._minibatch_grad(self.inverse_map(x), idx)[..., self.perm] * self.sign
+
+    def _sample_iid(self, n, generator):
+        return self.forward_map(self.base._sample_iid(n, generator))
+
+    def init(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The base target's inits, mapped (the sampler starts where it would have)."""
+        return self.forward_map(self.base.init(n, generator))
+
+
 class TargetView:
     """What a sampler sees: the counted density, gradient, conditionals and minibatches, no moments."""
 

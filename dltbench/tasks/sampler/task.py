@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
+from ...oracle import Exposed
 from ...registry import register_task
 from .catalog import make_target
 from .diagnostics import RHAT_MAX, TAIL_PROB, diagnose
 from .ranking import eligibility
-from .targets import LEDGER, Target, TargetView, evaluation_cost
+from .targets import DTYPE, LEDGER, Reparameterized, Target, TargetView, evaluation_cost
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class SamplerTask(Task):
     protocol = "sample"
     primary_metric = "ess_bulk_per_1k_evals"
     setting_keys = ("target",)
+    artifact_kind = "value"
     metrics = (
         _metric("ess_bulk_per_1k_evals", True, "draws / 1000 evaluations",
                 "min over coordinates of bulk-ESS per 1000 target evaluations (warm-up counted)"),
@@ -126,17 +128,18 @@ class SamplerTask(Task):
         target = make_target(config.target, ctx.device)
         return SamplerData(target, target.init(config.n_chains, ctx.generator))
 
-    def fit(
-        self, method: SamplerMethod, data: SamplerData, config: SamplerConfig, ctx: Context
-    ) -> SamplerRun:
-        """Run the sampler on a counted view of the target and time it."""
-        missing = [c for c in method.requires if c not in data.target.capabilities]
+    def run_plugin(self, plugin, data: SamplerData, config: SamplerConfig, ctx: Context):
+        """Hide the target behind a secret reparameterization, expose it counted, time the run.
+
+        The ledger, the clock and the exact moments stay here; the sampler in the plugin
+        process calls the target through the oracle, one counted call per request.
+        """
+        missing = [c for c in self.method_requires(plugin) if c not in data.target.capabilities]
         if missing:
-            why = (
-                f"{method.name} needs {', '.join(missing)}, which {config.target} does not provide"
-            )
+            why = f"the method needs {', '.join(missing)}, which {config.target} does not provide"
             return SamplerRun(None, {}, 0.0, not_applicable=why)
-        view, gen = TargetView(data.target), ctx.device_generator()
+        data.target = Reparameterized(data.target, ctx.generator)
+        data.init = data.target.forward_map(data.init)
         ctx.progress("sample", 0, 1)
         LEDGER.clear()
         threads = torch.get_num_threads()
@@ -146,7 +149,7 @@ class SamplerTask(Task):
         try:
             _sync(ctx.device)
             start = time.perf_counter()
-            draws = method.sample(view, config.n_draws, config.n_chains, data.init.clone(), gen)
+            draws = plugin.request("fit", self.train_view(data, config), config)
             _sync(ctx.device)
             seconds = time.perf_counter() - start
         finally:
@@ -154,6 +157,30 @@ class SamplerTask(Task):
         counts = dict(LEDGER)  # read before anything else of ours evaluates the target
         ctx.progress("sample", 1, 1)
         return SamplerRun(draws, counts, seconds)
+
+    @staticmethod
+    def method_requires(plugin) -> tuple[str, ...]:
+        """The capabilities the cell's method declared (read by the worker at init)."""
+        return tuple(getattr(plugin, "method_info", {}).get("requires", ()))
+
+    def train_view(self, data: SamplerData, config: SamplerConfig) -> dict:
+        """The counted target (an oracle: no moments, no exact sampler) and the inits."""
+        t = data.target
+        exposed = Exposed(
+            TargetView(t),
+            frozenset({"log_prob", "grad_log_prob", "log_prob_and_grad", "conditional",
+                       "minibatch_grad"}),
+            kind="object",
+            attributes={"name": t.name, "dim": t.dim, "device": t.device, "dtype": DTYPE,
+                        "capabilities": t.capabilities, "n_data": t.n_data},
+        )  # fmt: skip
+        return {"target": exposed, "init": data.init.clone()}
+
+    def fit(self, method: SamplerMethod, data: dict, config: SamplerConfig, ctx: Context):
+        """Run the sampler (in the plugin process) on the target oracle; return its draws."""
+        torch.set_num_threads(1)
+        gen = ctx.device_generator()
+        return method.sample(data["target"], config.n_draws, config.n_chains, data["init"], gen)
 
     def evaluate(
         self, artifact: SamplerRun, data: SamplerData, config: SamplerConfig, ctx: Context

@@ -14,6 +14,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, co
 
 from ...api import Context
 from ...models import LossFn
+from ...oracle import register_distribution
 
 #: ``loss_fn(model, x, y, generator) -> scalar loss`` for one minibatch of flattened x (N, D).
 
@@ -46,6 +47,9 @@ class PointMass(Distribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("a point mass has no density")
+
+
+register_distribution(PointMass, ("value",))
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:

@@ -135,6 +135,7 @@ class VAETask(Task):
     method_type = VAEMethod
     protocol = "train"
     primary_metric = "iwae"
+    artifact_attributes = ("conditional",)
     setting_keys = ("dataset",)
     metrics = (
         MetricSpec("iwae", True, "nats/example", _nat(
@@ -185,12 +186,14 @@ class VAETask(Task):
             )
         return data
 
+    def train_view(self, data: BinaryData, config: VAEConfig) -> BinaryData:
+        """The training split only (no test split, no class prior)."""
+        return dataclasses.replace(data, test=None, label_prior=None)
+
     def fit(self, method: VAEMethod, data: BinaryData, config: VAEConfig, ctx: Context) -> Any:
-        """Train on the training split only (no test split, no class prior)."""
+        """Train (in the plugin process, on the training view)."""
         with cpu_threads(config.cpu_threads, ctx.device):
-            return method.train(
-                dataclasses.replace(data, test=None, label_prior=None), config, ctx
-            )
+            return method.train(data, config, ctx)
 
     def evaluate(self, artifact, data: BinaryData, config: VAEConfig, ctx: Context) -> Evaluation:
         """Verify the model, then ELBO, IWAE_k, KL, active units and reconstruction on the test split."""
