@@ -71,6 +71,7 @@ class RunOptions:
     in_process: bool = False
     provenance: dict[str, Any] | None = None  # versions and git commit, read once per run
     import_modules: tuple[str, ...] = ()  # where methods registered outside plugin files live
+    memory_mb: float | None = None  # per-cell memory limit (MiB); None: no limit
 
 
 def parse_duration(text: str) -> float:
