@@ -185,16 +185,16 @@ class Task(ABC):
     def check_record(self, record: Result) -> str | None:
         """Why ``record``'s numbers are impossible for this task, or None if they are possible.
 
-        Every declared metric must be None (not computed) or a finite real number (not a
-        bool or a string) within its spec's bounds. Reasons name the metric but no value,
-        so a leaderboard can count them per reason.
+        Every declared metric must be None or NaN (not computed; NaN is stored as null)
+        or a finite real number (not a bool or a string) within its spec's bounds.
+        Reasons name the metric but no value, so a leaderboard can count them per reason.
         """
         metrics = record.metrics
         if not isinstance(metrics, Mapping):
             return "metrics is not a mapping"
         for spec in self.metrics:
             v = metrics.get(spec.name)
-            if v is None:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 return f"metric {spec.name} is not a finite number"
@@ -208,7 +208,9 @@ class Task(ABC):
         """Direction of the primary metric (which must have one)."""
         up = self.metric(self.primary_metric).higher_is_better
         if up is None:
-            raise ValueError(f"task {self.name!r}: primary metric {self.primary_metric!r} has no direction")
+            raise ValueError(
+                f"task {self.name!r}: primary metric {self.primary_metric!r} has no direction"
+            )
         return up
 
     def metric(self, name: str) -> MetricSpec:

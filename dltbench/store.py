@@ -258,7 +258,9 @@ def load_results(results_dir: str | Path, task: str, verify: bool = True) -> Loa
             first_error = first_error or str(exc)
             continue
         mac = raw.get("mac")
-        good = bool(key and isinstance(mac, str) and hmac.compare_digest(mac, record_mac(key, raw)))
+        good = bool(
+            key and isinstance(mac, str) and hmac.compare_digest(mac, record_mac(key, raw))
+        )
         out.lines.append((i, raw, rec, good))
         if good or not verify:
             out.records.append(rec)
@@ -299,7 +301,9 @@ def sign_records(results_dir: str | Path, task: str) -> int:
     (and still skipped by readers). The previous file is kept as ``<task>.jsonl.bak``.
     """
     if not check_results_path(results_dir, task).exists():
-        raise ResultsPathError(f"no records to sign: {results_path(results_dir, task)} does not exist")
+        raise ResultsPathError(
+            f"no records to sign: {results_path(results_dir, task)} does not exist"
+        )
     key = ensure_key(results_dir)
     count = 0
 
