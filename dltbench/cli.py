@@ -399,7 +399,7 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
     )  # fmt: skip
     overall = progress.add_task("cells", total=len(cells))
     bars: dict[Cell, int] = {}
-    beat = Heartbeat(task)
+    beat = Heartbeat(task, HEARTBEAT_S)
 
     def on_start(cell: Cell) -> None:
         beat.start(cell)
@@ -430,7 +430,7 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
     stop = threading.Event()
 
     def heartbeat() -> None:
-        while not stop.wait(1.0):
+        while not stop.wait(min(1.0, beat.interval)):
             for line in beat.lines():
                 err.print(line)
 

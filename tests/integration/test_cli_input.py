@@ -241,6 +241,27 @@ def test_heartbeat_names_running_cells_with_progress_and_elapsed():
     assert beat.lines() == []
 
 
+def test_a_run_logged_to_a_file_prints_heartbeats(monkeypatch, capsys):
+    import time
+
+    monkeypatch.setattr(cli, "HEARTBEAT_S", 0.2)
+    cell = plan(CERT, ["standard"], "quick", [0], smoke=True)[0]
+
+    def slow_cells(task, cells, opts, on_progress, on_start, on_result):
+        on_start(cells[0])
+        on_progress(cells[0], "train", 2, 5)
+        time.sleep(0.7)
+        on_result(cells[0], make_record(method="standard"))
+        return []
+
+    monkeypatch.setattr(cli, "run_cells", slow_cells)
+    assert not cli.err.is_terminal  # captured: as in a log file or CI
+    cli._run_with_progress(CERT, [cell], cli.RunOptions())
+    beats = [x for x in capsys.readouterr().err.splitlines() if x.startswith("running ")]
+    assert beats and beats[0].startswith("running standard dataset=digits sigma=0.25 seed=0: ")
+    assert "train 2/5" in beats[-1]
+
+
 def test_list_shows_no_description_for_a_class_without_a_docstring(capsys):
     import dltbench
     from dltbench.tasks.certified import CertifiedMethod

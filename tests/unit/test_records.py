@@ -375,3 +375,19 @@ def test_description_is_the_class_own_docstring_only():
 
     assert CertifiedMethod.description()  # the protocol has one
     assert NoDoc.description() == "" and Doc.description() == "First line."
+
+
+def test_resume_trusts_only_signed_records(tmp_path):
+    from dltbench import registry
+    from dltbench.runner import RunOptions, identity, pending_cells, plan
+
+    registry.discover("certified")
+    cell = plan(CERT, ["standard"], "quick", [0], smoke=True)[0]
+    rec = make_record(id="x", method="standard", profile=cell.profile, seed=0, device="cpu",
+                      **identity(CERT, cell))  # fmt: skip
+    append_result(tmp_path, rec)
+    opts = RunOptions(device="cpu", results_dir=tmp_path)
+    assert pending_cells(CERT, [cell], opts)[0] == []  # resumed
+    path = tmp_path / "certified.jsonl"
+    path.write_text(path.read_text().replace(f'"mac": "{rec.mac}"', '"mac": ""'))
+    assert pending_cells(CERT, [cell], opts)[0] == [cell]  # an unsigned record stands for nothing
