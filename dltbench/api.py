@@ -43,12 +43,32 @@ class DataMissing(Exception):
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One leaderboard metric: its name, direction, unit and meaning."""
+    """One leaderboard metric: its name, direction, unit, meaning and the range it can take.
+
+    ``higher_is_better`` None means the metric has no direction (descriptive only; it is
+    never used for ranking). ``low``/``high`` bound the values a correct evaluator can
+    produce; a ``fraction`` has [0, 1] implied. A record outside them is not counted.
+    """
 
     name: str
-    higher_is_better: bool
+    higher_is_better: bool | None
     unit: str
     description: str
+    low: float | None = None
+    high: float | None = None
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """The declared (low, high), with [0, 1] implied for the unit ``fraction``."""
+        if self.unit == "fraction":
+            return (0.0 if self.low is None else self.low, 1.0 if self.high is None else self.high)
+        return self.low, self.high
+
+    @property
+    def direction(self) -> str:
+        """``higher``, ``lower`` or ``no direction`` (for legends)."""
+        if self.higher_is_better is None:
+            return "no direction"
+        return "higher" if self.higher_is_better else "lower"
 
 
 @dataclass
@@ -95,9 +115,13 @@ class Method(ABC):  # noqa: B024 (abstract through each task's protocol class)
 
     @classmethod
     def description(cls) -> str:
-        """The first line of the class docstring."""
-        doc = inspect.getdoc(cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The first line of the class's own docstring ("" if the class has none).
+
+        Not :func:`inspect.getdoc`: that falls back to the protocol's docstring, so a
+        method without one would be described as its protocol.
+        """
+        doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+        return doc.splitlines()[0] if doc else ""
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments and their current values, JSON-ready."""
@@ -184,10 +208,36 @@ class Task(ABC):
         """
         return df
 
+    def check_record(self, record: Result) -> str | None:
+        """Why ``record``'s numbers are impossible for this task, or None if they are possible.
+
+        Every declared metric must be None or NaN (not computed; NaN is stored as null)
+        or a finite real number (not a bool or a string) within its spec's bounds.
+        Reasons name the metric but no value, so a leaderboard can count them per reason.
+        """
+        metrics = record.metrics
+        if not isinstance(metrics, Mapping):
+            return "metrics is not a mapping"
+        for spec in self.metrics:
+            v = metrics.get(spec.name)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return f"metric {spec.name} is not a finite number"
+            low, high = spec.bounds()
+            if (low is not None and v < low) or (high is not None and v > high):
+                return f"metric {spec.name} is outside its range [{_fmt(low)}, {_fmt(high)}]"
+        return None
+
     @property
     def higher_is_better(self) -> bool:
-        """Direction of the primary metric."""
-        return self.metric(self.primary_metric).higher_is_better
+        """Direction of the primary metric (which must have one)."""
+        up = self.metric(self.primary_metric).higher_is_better
+        if up is None:
+            raise ValueError(
+                f"task {self.name!r}: primary metric {self.primary_metric!r} has no direction"
+            )
+        return up
 
     def metric(self, name: str) -> MetricSpec:
         """The spec of a metric by name."""
@@ -223,6 +273,10 @@ class RemoteArtifact:
         methods = reply.get("methods")
         proxy.methods = {str(m) for m in methods} if isinstance(methods, list) else set()
         return proxy
+
+
+def _fmt(bound: float | None) -> str:
+    return "-inf" if bound is None else f"{bound:g}"
 
 
 def profile_entry(table: Mapping[str, Any], profile: str) -> Any:
@@ -299,8 +353,11 @@ class Result:
     torch_version: str = ""
     hostname: str = ""
     timestamp: str = ""
+    #: How the plugin process was confined (e.g. {"sandbox": "none"}); filled by the runner.
     isolation: dict[str, Any] = field(default_factory=dict)
+    #: The secret entropy the evaluation's random streams came from, revealed after the fact.
     eval_entropy: str = ""
+    #: HMAC-SHA256 of the stored record by the results folder's key (see dltbench.store).
     mac: str = ""
 
     def to_json(self) -> str:
@@ -309,6 +366,47 @@ class Result:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Result:
-        """Rebuild from a parsed JSON line, ignoring unknown keys (newer writers)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """Rebuild from a parsed JSON line, ignoring unknown keys (newer writers).
+
+        Raises TypeError naming the field when ``d`` is not a mapping, lacks a required
+        field or holds a field of the wrong JSON type (``seed: "x"``, ``metrics: []``).
+        """
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a record is a JSON object, not {type(d).__name__}")
+        kept = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise TypeError(f"field {f.name!r} is missing")
+                continue
+            value, ok = d[f.name], _FIELD_TYPES[f.name]
+            if not ok(value):
+                raise TypeError(f"field {f.name!r} has the wrong type ({type(value).__name__})")
+            kept[f.name] = value
+        return cls(**kept)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_FIELD_TYPES: dict[str, Callable[[Any], bool]] = {
+    **{name: _is_str for name in (
+        "id", "task", "task_version", "method", "method_version", "method_source_hash",
+        "method_origin", "profile", "config_hash", "status", "task_source_hash", "device",
+        "dltbench_version", "python_version", "torch_version", "hostname", "timestamp",
+        "eval_entropy", "mac",
+    )},
+    **{name: lambda v: isinstance(v, dict) for name in (
+        "method_params", "setting", "config", "metrics", "curves", "estimator", "isolation",
+    )},
+    "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "error": lambda v: v is None or isinstance(v, str),
+    "git_commit": lambda v: v is None or isinstance(v, str),
+    "wall_time_s": _is_number,
+    "peak_memory_mb": lambda v: v is None or _is_number(v),
+}  # fmt: skip

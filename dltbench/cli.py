@@ -1,11 +1,17 @@
-"""The ``dltbench`` command: list, run, leaderboard, validate."""
+"""The ``dltbench`` command: list, run, leaderboard, records, validate."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -14,29 +20,44 @@ from .api import PROFILES, DataMissing, Result, Task
 from .runner import (
     Cell,
     RunOptions,
+    identity,
     parse_duration,
     pending_cells,
     plan,
     resolve_device,
     run_cells,
 )
-from .store import read_results
+from .store import (
+    StoreError,
+    check_results_path,
+    load_results,
+    remove_records,
+)
 
 EPILOG = """\
 examples:
   dltbench list
   dltbench run --task certified                       # quick profile, all built-in methods
   dltbench run --task certified --method gaussian-aug --seeds 0 1 2
-  dltbench run --task certified --plugin examples/certified_plugin.py --method label-smoothing
+  dltbench run --task certified --method label-smoothing \
+      --plugin examples/certified-label-smoothing/dltbench_label_smoothing.py
   dltbench run --task certified --profile standard --data-dir ~/data   # MNIST from ~/data/MNIST/raw
-  dltbench leaderboard --task certified --format md
-  dltbench validate --task certified --plugin examples/certified_plugin.py
+  dltbench leaderboard --task certified --format md --method gaussian-aug --setting sigma=0.25
+  dltbench records --task certified --stale
+  dltbench validate --task certified \
+      --plugin examples/certified-label-smoothing/dltbench_label_smoothing.py
 
 Records are appended to RESULTS_DIR/<task>.jsonl (one JSON line per cell); leaderboards
 are rebuilt from them into LEADERBOARD_DIR/<task>.csv and .md. A rerun skips cells
 already recorded `ok` with the same config, method source and seed; --force reruns them.
-Exit status: 0 all cells ok, 1 some cell failed/timed out/was invalid, 2 bad input.
+Every record is signed with RESULTS_DIR/.dltbench-key; leaderboards count only signed
+records with possible values and say what they skipped.
+Exit status: 0 all cells ok, 1 some cell failed/timed out/was invalid or a record could
+not be stored, 2 bad input.
 """
+
+#: Seconds between heartbeat lines for running cells when stderr is not a terminal.
+HEARTBEAT_S = 30.0
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -58,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, registry.RegistryError, DataMissing, ValueError) as exc:
         err.print(f"[bold red]error:[/] {exc}")
         return 2
+    except StoreError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        return 1
     except KeyboardInterrupt:
         err.print("interrupted: the records written so far are kept; rerun to resume")
         return 130
@@ -103,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ..."
     )
-    run.add_argument("--jobs", type=int, default=1, help="cells run in parallel (default 1)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="cells run in parallel (default 1; capped by cores and --memory)")  # fmt: skip
+    run.add_argument("--memory", metavar="SIZE",
+                     help="memory limit per cell, e.g. 4G or 512M (default: 80%% of physical "
+                     "memory divided by --jobs)")  # fmt: skip
     run.add_argument(
         "--timeout", default="30m", help="per-cell time limit, e.g. 90s, 10m, 1h (default 30m)"
     )
@@ -121,15 +149,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     lb = sub.add_parser(
-        "leaderboard", help="rebuild and print a task's leaderboard from its records"
-    )
-    lb.add_argument("--task", required=True)
-    lb.add_argument("--format", choices=("table", "csv", "md"), default="table")
+        "leaderboard", help="rebuild and print a task's leaderboard from its records",
+        description="Rebuild a task's leaderboard from its signed records, write the CSV and "
+        "Markdown files (whole board; the filters only narrow what is printed) and print it. "
+        "Records not written by the harness or with impossible values are skipped and counted.",
+    )  # fmt: skip
+    lb.add_argument("--task", required=True, help="task name (see `dltbench list`)")
+    lb.add_argument("--format", choices=("table", "csv", "md"), default="table",
+                    help="table: readable mean ± std (default); csv: every column at full "
+                    "precision; md: the Markdown page with the metric legend")  # fmt: skip
+    lb.add_argument("--method", nargs="+", metavar="M", help="print only these methods")
+    lb.add_argument("--profile", help="print only this profile (e.g. quick, quick-smoke)")
+    lb.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="print only rows with this setting, e.g. sigma=0.25 (repeatable)")  # fmt: skip
     lb.add_argument(
         "--no-write", action="store_true", help="print only; do not rewrite the CSV/MD files"
     )
     _common_io(lb)
     lb.set_defaults(func=cmd_leaderboard)
+
+    rec = sub.add_parser(
+        "records", help="list a task's records; find and prune stale ones",
+        description="List the records of a task with whether the current code would produce "
+        "them again (same config hash, method and task source hashes). --prune rewrites the "
+        "file without the stale ones (atomically; the old file is kept as <task>.jsonl.bak).",
+        epilog="Records of plugin methods are checked only when --plugin loads them. To re-sign "
+        "reviewed curated records: python -c \"from dltbench.store import sign_records; "
+        "sign_records('results', 'TASK')\"",
+    )  # fmt: skip
+    rec.add_argument("--task", required=True, help="task name (see `dltbench list`)")
+    rec.add_argument("--stale", action="store_true", help="list only stale records")
+    rec.add_argument("--prune", action="store_true", help="remove the stale records")
+    rec.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                     help="load this plugin file, so its methods' records can be checked")  # fmt: skip
+    rec.add_argument("--results-dir", type=Path, default=Path("results"),
+                     help="records (default ./results)")  # fmt: skip
+    rec.set_defaults(func=cmd_records)
 
     val = sub.add_parser(
         "validate", help="check a plugin against a task's protocol and run it on a tiny config",
@@ -163,54 +218,178 @@ def cmd_list(args: argparse.Namespace) -> int:
             cls = registry.get_method_class(task.name, m)
             origin = registry.method_origin(task.name, m)
             tag = "" if origin == "builtin" else f"  [dim]({origin})[/]"
-            out.print(f"  {m:<18} {cls.description()}{tag}")
+            desc = cls.description() or "[dim](no description)[/]"
+            out.print(f"  {m:<18} {desc}{tag}")
     return 0
+
+
+def plural(n: int, word: str) -> str:
+    """``1 method``, ``2 methods``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> float:
+    """MiB from ``512M``, ``4G``, ``1.5g``, ``2048`` (a plain number is MiB)."""
+    m = _SIZE.fullmatch(str(text))
+    if not m:
+        raise UsageError(f"cannot read size {text!r}: use e.g. 512M or 4G")
+    scale = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2}[m.group(2).lower()]
+    return float(m.group(1)) * scale
+
+
+def physical_memory_mb() -> float | None:
+    """Physical memory of this machine in MiB (None where os.sysconf cannot say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_run_input(args: argparse.Namespace) -> tuple[int, float, float | None]:
+    """Refuse impossible numbers up front; cap --jobs by cores and memory (with a warning).
+
+    Returns (jobs, timeout in s, memory per cell in MiB or None if unknown).
+    """
+    if any(s < 0 for s in args.seeds):
+        raise UsageError(f"--seeds must be non-negative integers, got {min(args.seeds)}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    timeout = parse_duration(args.timeout)
+    if not timeout > 0:
+        raise UsageError(f"--timeout must be positive, got {args.timeout!r}")
+    memory = parse_size(args.memory) if args.memory is not None else None
+    if memory is not None and not memory > 0:
+        raise UsageError(f"--memory must be positive, got {args.memory!r}")
+    jobs, cores, phys = args.jobs, os.cpu_count() or 1, physical_memory_mb()
+    if jobs > cores * 4:
+        err.print(f"warning: --jobs {jobs} capped to {cores * 4} (4 x {plural(cores, 'core')})")
+        jobs = cores * 4
+    if phys is not None and memory is not None and jobs * memory > phys:
+        fit = max(1, int(phys // memory))
+        if fit < jobs:
+            err.print(
+                f"warning: --jobs {jobs} capped to {fit}: {jobs} x --memory {args.memory} "
+                f"exceeds the {phys / 1024:.1f} GiB of physical memory"
+            )
+            jobs = fit
+    if memory is None and phys is not None:
+        memory = 0.8 * phys / jobs
+    return jobs, timeout, memory
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Plan cells, skip recorded ones, run the rest, rebuild and print the leaderboard."""
+    jobs, timeout, memory = check_run_input(args)
     registry.discover(args.task, args.plugin)
     task = registry.get_task(args.task)
+    check_results_path(args.results_dir, task.name)
     methods = list(dict.fromkeys(args.method or registry.method_names(task.name)))
     seeds = list(dict.fromkeys(args.seeds))
     for m in methods:
         registry.get_method_class(task.name, m)  # unknown name -> error with valid names
     if not methods:
         raise UsageError(f"task {task.name!r} has no methods registered")
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
     device = str(
         resolve_device(args.device)
     )  # a bad --device is one line here, not N failed cells
     opts = RunOptions(
-        device=device, jobs=args.jobs, timeout_s=parse_duration(args.timeout), force=args.force,
+        device=device, jobs=jobs, timeout_s=timeout, force=args.force,
         results_dir=args.results_dir, data_dir=args.data_dir, plugin_files=tuple(args.plugin),
+        memory_mb=memory,
     )  # fmt: skip
     cells = plan(task, methods, args.profile, seeds, smoke=args.smoke)
     for cfg in dict.fromkeys(c.config for c in cells):
         task.check_data(cfg, args.data_dir)
     todo, kept = pending_cells(task, cells, opts)
+    n_settings = len(cells) // (len(methods) * len(seeds))
     err.print(
-        f"{task.name}: {len(cells)} cells ({len(methods)} methods x "
-        f"{len(cells) // (len(methods) * len(seeds))} settings x {len(seeds)} seeds) on {device}, "
+        f"{task.name}: {plural(len(cells), 'cell')} ({plural(len(methods), 'method')} x "
+        f"{plural(n_settings, 'setting')} x {plural(len(seeds), 'seed')}) on {device}, "
         f"{len(kept)} already recorded" + (" (resume; --force reruns them)" if kept else "")
     )
-    results = _run_with_progress(task, todo, opts)
+    store_error = None
+    try:
+        results = _run_with_progress(task, todo, opts)
+    except StoreError as exc:  # disk full: what was stored stays; say so and show it
+        store_error, results = exc, []
     bad = [r for r in results if r.status != "ok"]
-    df = _build(task, args.results_dir)
-    csv_path, md_path = leaderboard.write(task, df, args.leaderboard_dir)
+    df = leaderboard.from_results(task, args.results_dir)
+    try:
+        csv_path, md_path = leaderboard.write(task, df, args.leaderboard_dir)
+    except OSError as exc:
+        if store_error is None:
+            raise
+        csv_path = md_path = None
+        err.print(f"error: cannot write the leaderboard either: {exc.strerror or exc}")
     out.print(leaderboard.compact(task, df))
-    err.print(
-        f"records: {args.results_dir / (task.name + '.jsonl')}  leaderboard: {csv_path}, {md_path}"
-    )
+    _report_skipped(df)
+    where = f"  leaderboard: {csv_path}, {md_path}" if csv_path else ""
+    err.print(f"records: {args.results_dir / (task.name + '.jsonl')}{where}")
+    if store_error is not None:
+        err.print(
+            f"[bold red]error:[/] {store_error}; the run stopped, the records stored so far "
+            "are intact and shown above; free space and rerun to resume"
+        )
+        return 1
     if bad:
-        err.print(f"[bold red]{len(bad)} of {len(results)} cells did not succeed:[/]")
+        err.print(f"[bold red]{len(bad)} of {plural(len(results), 'cell')} did not succeed:[/]")
         for r in bad:
             err.print(
                 f"  {r.method} {r.setting} seed={r.seed}: {r.status}: {_first_line(r.error)}"
             )
         return 1
     return 0
+
+
+def _report_skipped(df) -> None:
+    line = leaderboard.skipped_line(df)
+    if line:
+        err.print(f"warning: {line[0].lower()}{line[1:]}")
+
+
+class Heartbeat:
+    """Lines saying what each running cell is doing, at most every ``interval`` seconds.
+
+    For logs (stderr not a terminal), where the progress bars are off and a long cell
+    would otherwise be silent for minutes.
+    """
+
+    def __init__(self, task: Task, interval: float = HEARTBEAT_S, clock=time.monotonic):
+        self.task, self.interval, self.clock = task, interval, clock
+        self.running: dict[Cell, tuple[float, str]] = {}  # cell -> (start, last progress)
+        self.last = clock()
+        self.lock = threading.Lock()
+
+    def start(self, cell: Cell) -> None:
+        """A cell started."""
+        with self.lock:
+            self.running[cell] = (self.clock(), "starting")
+
+    def progress(self, cell: Cell, desc: str, done: int, total: int) -> None:
+        """A cell reported progress."""
+        with self.lock:
+            if cell in self.running:
+                self.running[cell] = (self.running[cell][0], f"{desc} {done}/{total}")
+
+    def finish(self, cell: Cell) -> None:
+        """A cell ended."""
+        with self.lock:
+            self.running.pop(cell, None)
+
+    def lines(self) -> list[str]:
+        """The heartbeat lines due now (empty until ``interval`` has passed since the last)."""
+        now = self.clock()
+        with self.lock:
+            if now - self.last < self.interval:
+                return []
+            self.last = now
+            return [
+                f"running {cell.label(self.task)}: {last} ({now - start:.0f}s)"
+                for cell, (start, last) in self.running.items()
+            ]
 
 
 def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[Result]:
@@ -220,11 +399,14 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
     )  # fmt: skip
     overall = progress.add_task("cells", total=len(cells))
     bars: dict[Cell, int] = {}
+    beat = Heartbeat(task, HEARTBEAT_S)
 
     def on_start(cell: Cell) -> None:
+        beat.start(cell)
         bars[cell] = progress.add_task(f"  {cell.label(task)}", total=None)
 
     def on_progress(cell: Cell, desc: str, done: int, total: int) -> None:
+        beat.progress(cell, desc, done, total)
         if cell in bars:
             progress.update(
                 bars[cell],
@@ -234,6 +416,7 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
             )
 
     def on_result(cell: Cell, r: Result) -> None:
+        beat.finish(cell)
         if cell in bars:
             progress.remove_task(bars.pop(cell))
         progress.advance(overall)
@@ -244,39 +427,131 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
         else:
             err.print(f"[red]{r.status:<7}[/] {cell.label(task)}  {_first_line(r.error)}")
 
-    with progress:
-        return run_cells(task, cells, opts, on_progress, on_start, on_result)
+    stop = threading.Event()
 
+    def heartbeat() -> None:
+        while not stop.wait(min(1.0, beat.interval)):
+            for line in beat.lines():
+                err.print(line)
 
-def _build(task: Task, results_dir: Path):
-    return leaderboard.build(
-        task, read_results(results_dir, task.name), lambda name: read_results(results_dir, name)
-    )
+    thread = None
+    if not err.is_terminal and cells:
+        thread = threading.Thread(target=heartbeat, name="dltbench-heartbeat", daemon=True)
+        thread.start()
+    try:
+        with progress:
+            return run_cells(task, cells, opts, on_progress, on_start, on_result)
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
 
 
 def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
+def _filter(task: Task, df, args: argparse.Namespace):
+    """The rows of ``df`` that match --method, --profile and every --setting."""
+    keep = np.ones(len(df), dtype=bool)
+    if args.method:
+        keep &= df["method"].isin(args.method).to_numpy()
+    if args.profile:
+        keep &= (df["profile"] == args.profile).to_numpy()
+    for item in args.setting:
+        key, sep, value = item.partition("=")
+        if not sep or key not in task.setting_keys:
+            raise UsageError(
+                f"--setting {item!r}: use KEY=VALUE with KEY one of {', '.join(task.setting_keys)}"
+            )
+        keep &= np.array([_same_value(v, value) for v in df[key]], dtype=bool)
+    out = df[keep].reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def _same_value(cell, text: str) -> bool:
+    """A setting value equals the command line's text (numbers compared as numbers)."""
+    if str(cell) == text:
+        return True
+    try:
+        return math.isclose(float(cell), float(text), rel_tol=1e-12, abs_tol=0.0)
+    except (TypeError, ValueError):
+        return False
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    """Rebuild a leaderboard from the records and print it."""
+    """Rebuild a leaderboard from the records, write it, and print it (filtered if asked)."""
     registry.discover(args.task)
     task = registry.get_task(args.task)
-    records = read_results(args.results_dir, task.name)
-    if not records:
+    loaded = load_results(args.results_dir, task.name, verify=False)
+    if not loaded.records:
         raise UsageError(
-            f"no records in {args.results_dir / (task.name + '.jsonl')}: run `dltbench run --task {task.name}` first"
+            f"no records in {args.results_dir / (task.name + '.jsonl')}: "
+            f"run `dltbench run --task {task.name}` first"
         )
-    df = _build(task, args.results_dir)
+    df = leaderboard.from_results(task, args.results_dir)
     if not args.no_write:
         leaderboard.write(task, df, args.leaderboard_dir)
+    shown = _filter(task, df, args)
+    if shown.empty and not df.empty:
+        err.print("note: no rows match --method/--profile/--setting")
     text = {
-        "table": lambda: leaderboard.compact(task, df),
-        "csv": lambda: leaderboard.to_csv(df),
-        "md": lambda: leaderboard.to_markdown(task, df),
+        "table": lambda: leaderboard.compact(task, shown),
+        "csv": lambda: leaderboard.to_csv(shown),
+        "md": lambda: leaderboard.to_markdown(task, shown),
     }[args.format]()
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    _report_skipped(df)
     return 0
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    """List a task's records and whether the current code would produce them; prune stale ones."""
+    registry.discover(args.task, args.plugin)
+    task = registry.get_task(args.task)
+    loaded = load_results(args.results_dir, task.name, verify=False)
+    rows, stale_ids = [], set()
+    for _, _raw, rec, signed in loaded.lines:
+        if rec is None:
+            continue
+        state = record_state(task, rec)
+        if state.startswith("stale"):
+            stale_ids.add(rec.id)
+        if not signed:
+            state += ", unsigned"
+        if args.stale and not state.startswith("stale"):
+            continue
+        setting = " ".join(f"{k}={v}" for k, v in rec.setting.items())
+        rows.append((rec.id, rec.method, rec.profile, setting, rec.seed, rec.status, state))
+    for row in rows:
+        out.print("  ".join(str(c) for c in row), markup=False)
+    path = args.results_dir / f"{task.name}.jsonl"
+    n = len(loaded.lines) - len(loaded.bad_lines)
+    err.print(f"{path}: {plural(n, 'record')}, {len(stale_ids)} stale")
+    if args.prune and stale_ids:
+        bak = remove_records(args.results_dir, task.name, stale_ids)
+        err.print(f"pruned {plural(len(stale_ids), 'stale record')} from {path} (backup: {bak})")
+    return 0
+
+
+def record_state(task: Task, rec: Result) -> str:
+    """``current``, ``stale (which hashes differ)`` or ``unknown (...)`` for a record."""
+    try:
+        registry.get_method_class(task.name, rec.method)
+    except registry.RegistryError:
+        hint = "; pass --plugin" if rec.method_origin.startswith("file") else ""
+        return f"unknown (method {rec.method} is not registered{hint})"
+    try:
+        ident = identity(task, Cell(task.name, rec.method, rec.profile, rec.config, rec.seed))
+    except Exception as exc:  # a config the current task cannot read is stale too
+        return f"stale (config unreadable now: {type(exc).__name__})"
+    changed = [
+        name
+        for name in ("config_hash", "method_source_hash", "task_source_hash")
+        if ident[name] != getattr(rec, name)
+    ]
+    return f"stale ({', '.join(changed)} changed)" if changed else "current"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -13,21 +13,28 @@ Columns, in this order:
 ``<metric>_mean``   mean over seeds, for every metric the task declares
 ``<metric>_std``    sample std over seeds (ddof=1; empty with one seed)
 ``n_seeds``, ``seeds``, ``records`` (ids of the records behind the row), ``config_hash``
+
+Records with impossible values (:meth:`Task.check_record`) are not counted; with
+:func:`from_results`, neither are records the harness did not sign. What was skipped,
+per reason, is in ``df.attrs["skipped"]`` (see :func:`skipped`) and in a footnote line
+of the Markdown page.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
+from . import registry
 from .api import Result, Task
 from .runner import resume_key
-from .store import atomic_write_text
+from .store import atomic_write_text, load_results, read_results
 
 
 def build(
@@ -35,8 +42,20 @@ def build(
 ) -> pd.DataFrame:
     """The leaderboard of ``task`` from its records (a DataFrame in the documented column order).
 
-    ``load(task_name)`` gives other tasks' records to :meth:`Task.adjust_leaderboard`.
+    ``load(task_name)`` gives other tasks' records to :meth:`Task.adjust_leaderboard`;
+    records of either with impossible values are left out, and counted per reason in
+    ``df.attrs["skipped"]``.
     """
+    skips: Counter = Counter()
+    valid = []
+    for r in records:
+        if r.task == task.name and r.status == "ok":
+            reason = task.check_record(r)
+            if reason is not None:
+                skips[reason] += 1
+                continue
+        valid.append(r)
+    records = valid
     groups: dict[tuple, list[Result]] = {}
     for r in records:
         if r.task == task.name and r.status == "ok":
@@ -64,9 +83,51 @@ def build(
         rows.append(row)
     columns = _columns(task)
     df = pd.DataFrame(rows, columns=[c for c in columns if c != "rank"])
-    df = task.adjust_leaderboard(df, records, load or (lambda name: []))
+    df = task.adjust_leaderboard(df, records, _checked(load or (lambda name: [])))
     columns += [c for c in df.columns if c not in columns]
-    return task_rank(task, df)[columns] if len(df) else pd.DataFrame(columns=columns)
+    df = task_rank(task, df)[columns] if len(df) else pd.DataFrame(columns=columns)
+    df.attrs["skipped"] = dict(skips)
+    return df
+
+
+def _checked(load: Callable[[str], list[Result]]) -> Callable[[str], list[Result]]:
+    """``load`` without the ok records its task finds impossible (evidence must be possible too)."""
+
+    def checked(name: str) -> list[Result]:
+        try:
+            other = registry.get_task(name)
+        except registry.RegistryError:
+            return load(name)
+        return [r for r in load(name) if r.status != "ok" or other.check_record(r) is None]
+
+    return checked
+
+
+def from_results(task: Task, results_dir: str | Path) -> pd.DataFrame:
+    """The leaderboard of ``task`` from the signed records in ``results_dir``.
+
+    Records whose MAC is missing or wrong (not written by the harness) are skipped and
+    counted in ``df.attrs["skipped"]``, with the impossible ones :func:`build` skips.
+    """
+    loaded = load_results(results_dir, task.name)
+    df = build(task, loaded.records, lambda name: read_results(results_dir, name))
+    df.attrs["skipped"] = dict(Counter(loaded.skipped) + Counter(df.attrs["skipped"]))
+    return df
+
+
+def skipped(df: pd.DataFrame) -> dict[str, int]:
+    """Records left out of the board ``df``, per reason (empty if none)."""
+    return dict(df.attrs.get("skipped", {}))
+
+
+def skipped_line(df: pd.DataFrame) -> str:
+    """One line saying what was skipped and why, or "" if nothing was."""
+    skips = skipped(df)
+    if not skips:
+        return ""
+    n = sum(skips.values())
+    parts = "; ".join(f"{count} {reason}" for reason, count in sorted(skips.items()))
+    return f"Skipped {n} record{'s' if n != 1 else ''}: {parts}."
 
 
 def _version_key(r: Result) -> tuple:
@@ -113,7 +174,7 @@ def to_markdown(task: Task, df: pd.DataFrame) -> str:
         f"# Leaderboard: `{task.name}` (task version {task.version})",
         "",
         f"Ranked by **{task.primary_metric}** "
-        f"({'higher' if task.higher_is_better else 'lower'} is better) within each profile "
+        f"({task.metric(task.primary_metric).direction} is better) within each profile "
         "and setting. Mean ± sample std over seeds; built from the records in "
         f"`results/{task.name}.jsonl` by `dltbench leaderboard --task {task.name}`.",
         "",
@@ -123,8 +184,9 @@ def to_markdown(task: Task, df: pd.DataFrame) -> str:
         "|---|---|---|---|",
     ]
     for s in task.metrics:
-        arrow = "higher" if s.higher_is_better else "lower"
-        lines.append(f"| `{s.name}` | {arrow} | {s.unit} | {s.description} |")
+        lines.append(f"| `{s.name}` | {s.direction} | {s.unit} | {s.description} |")
+    if skipped_line(df):
+        lines += ["", skipped_line(df)]
     return "\n".join(lines) + "\n"
 
 

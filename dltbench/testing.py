@@ -66,7 +66,7 @@ def check_method(
         result = run_cells(task, [cell], opts)[0]
     detail = (result.error or "").strip().splitlines()
     checks.append(Check(
-        f"trains and is scored on a tiny `{PROFILES[0]}` configuration",
+        f"runs `{task.protocol}` and is scored on a tiny `{PROFILES[0]}` configuration",
         result.status == "ok",
         f"status {result.status}: " + (detail[0] if detail else "") if result.status != "ok"
         else ", ".join(f"{k}={v:.4g}" for k, v in list(result.metrics.items())[:3] if v is not None),

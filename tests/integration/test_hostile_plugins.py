@@ -30,7 +30,9 @@ def _run(task_name: str, methods: list[str], tmp_path: Path, **cfg) -> dict[str,
     if cfg:
         import dataclasses
 
-        cells = [dataclasses.replace(c, config=dataclasses.replace(c.config, **cfg)) for c in cells]
+        cells = [
+            dataclasses.replace(c, config=dataclasses.replace(c.config, **cfg)) for c in cells
+        ]
     opts = RunOptions(
         device="cpu", results_dir=tmp_path / "results", timeout_s=600, eval_entropy=ENTROPY,
         plugin_files=(PLUGIN,), jobs=1,
@@ -71,7 +73,9 @@ def test_certified_hostile_plugins_gain_nothing_and_reach_nothing(tmp_path, monk
 
 @needs_bwrap
 def test_sampler_cannot_use_the_public_target_or_the_ledger(tmp_path):
-    res = _run("sampler", ["hostile-iid", "hostile-ledger", "rwm"], tmp_path, target="gaussian-d10")
+    res = _run(
+        "sampler", ["hostile-iid", "hostile-ledger", "rwm"], tmp_path, target="gaussian-d10"
+    )
     iid = res["hostile-iid"]
     # Exact draws of the public target are wrong under the secret reparameterization.
     assert iid["status"] == "ok" and iid["metrics"]["mean_z_max"] > 10, iid

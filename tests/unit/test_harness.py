@@ -22,6 +22,7 @@ def make_record(**kw) -> Result:
         method_source_hash="s", method_params={}, method_origin="builtin", profile="quick",
         setting={"dataset": "digits", "sigma": 0.25}, config={}, config_hash="c", seed=0,
         status="ok", metrics={"acr": 0.5}, timestamp="2026-01-01T00:00:00",
+        estimator={"sigma": 0.25, "n": 100_000, "alpha": 0.001},  # radius ceiling 1.06
     )  # fmt: skip
     base.update(kw)
     return Result(**base)

@@ -33,7 +33,11 @@ def test_round_trip_of_plain_data_tensors_and_distributions():
         "d": normal,
     }
     out = decode(encode(obj))
-    assert out["a"][:2] == [1, 2.5] and out["a"][2] != out["a"][2] and out["a"][3:] == ["s", None, True]
+    assert (
+        out["a"][:2] == [1, 2.5]
+        and out["a"][2] != out["a"][2]
+        and out["a"][3:] == ["s", None, True]
+    )
     assert torch.equal(out["t"], obj["t"]) and out["t"].dtype == torch.float32
     assert isinstance(out["tup"], tuple) and torch.equal(out["tup"][0], torch.tensor([1, 2]))
     assert isinstance(out["d"], torch.distributions.Independent)
@@ -60,8 +64,14 @@ def test_decode_rejects_forged_markers_and_sizes():
     # A tensor whose buffer is shorter than its shape says.
     with pytest.raises(ProtocolError):
         decode(good[:-4])
-    for forged in ({"__ref__": 1}, {"__pickle__": "x"}, {"__t__": 0, "dtype": "object", "shape": [1]}):
-        frame = encode([0]).replace(b"[0]", pickle.dumps(0)[:0] + __import__("json").dumps(forged).encode())
+    for forged in (
+        {"__ref__": 1},
+        {"__pickle__": "x"},
+        {"__t__": 0, "dtype": "object", "shape": [1]},
+    ):
+        frame = encode([0]).replace(
+            b"[0]", pickle.dumps(0)[:0] + __import__("json").dumps(forged).encode()
+        )
         with pytest.raises(ProtocolError):
             decode(frame)
 

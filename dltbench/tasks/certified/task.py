@@ -178,6 +178,38 @@ class CertifiedTask(Task):
         }  # fmt: skip
         return Evaluation(metrics, curves, estimator)
 
+    def check_record(self, record) -> str | None:
+        """The generic checks, and no radius above what CERTIFY can certify with n samples.
+
+        With all n noisy samples on one class the Clopper-Pearson lower bound is
+        alpha**(1/n), so no radius can exceed sigma * Phi^-1(alpha**(1/n)) (sigma, n,
+        alpha read from ``record.estimator``); neither can the ACR.
+        """
+        from statistics import NormalDist  # here: this override is the only user
+
+        reason = super().check_record(record)
+        if reason is not None:
+            return reason
+        est = record.estimator if isinstance(record.estimator, dict) else {}
+        try:
+            sigma, n, alpha = float(est["sigma"]), int(est["n"]), float(est["alpha"])
+            ceiling = sigma * NormalDist().inv_cdf(alpha ** (1.0 / n))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return "estimator lacks a valid sigma, n and alpha"
+        limit = ceiling * (1 + 1e-6) + 1e-9  # float slack, not statistical slack
+        if (record.metrics.get("acr") or 0.0) > limit:
+            return "acr above the estimator's radius ceiling sigma * Phi^-1(alpha^(1/n))"
+        for r in LEADERBOARD_RADII:
+            if r > limit and (record.metrics.get(f"certified_acc@{r:g}") or 0.0) > 0:
+                return f"certified_acc@{r:g} > 0 above the estimator's radius ceiling"
+        curves = record.curves if isinstance(record.curves, dict) else {}
+        radii = (curves.get("per_point") or {}).get("radius") or []
+        if not isinstance(radii, list) or any(
+            not isinstance(v, (int, float)) or isinstance(v, bool) or not v <= limit for v in radii
+        ):
+            return "a certified radius above the estimator's radius ceiling (or not a number)"
+        return None
+
 
 def check_base_classifier(artifact, data, config: CertifiedConfig, ctx: Context) -> nn.Module:
     """The shared classifier checks on clean and sigma-noisy test inputs."""

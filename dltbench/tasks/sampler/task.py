@@ -108,7 +108,7 @@ class SamplerTask(Task):
         _metric("rhat_max", False, "ratio", "max over coordinates of rank-normalized split R-hat"),
         _metric("mean_z_max", False, "MCSE", "max |mean error| over coordinates, in MCSE units"),
         _metric("var_z_max", False, "MCSE", "max |variance error| over coordinates, in MCSE units"),
-        _metric("acceptance_rate", False, "fraction",
+        _metric("acceptance_rate", None, "fraction",
                 "fraction of transitions that moved (the MH acceptance rate; 1 if rejection-free)"),
         _metric("evals", False, "evaluations", "density or gradient evaluations, all chains, warm-up included"),
         _metric("seconds", False, "s", "sampler wall time"),
