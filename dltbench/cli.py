@@ -19,6 +19,7 @@ from . import __version__, leaderboard, registry
 from .api import PROFILES, DataMissing, Result, Task
 from .runner import (
     Cell,
+    RunInterrupted,
     RunOptions,
     identity,
     parse_duration,
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         return 1
+    except RunInterrupted as exc:
+        cut = ", ".join(exc.cells) if exc.cells else "none were running"
+        err.print(f"interrupted: stopped cells (not recorded): {cut}; "
+                  "the records written so far are kept; rerun to resume")  # fmt: skip
+        return 130
     except KeyboardInterrupt:
         err.print("interrupted: the records written so far are kept; rerun to resume")
         return 130
@@ -427,6 +433,9 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
         else:
             err.print(f"[red]{r.status:<7}[/] {cell.label(task)}  {_first_line(r.error)}")
 
+    def on_skip(cell: Cell, why: str) -> None:
+        err.print(f"[yellow]skipped[/] {cell.label(task)}  ({why})")
+
     stop = threading.Event()
 
     def heartbeat() -> None:
@@ -440,7 +449,7 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
         thread.start()
     try:
         with progress:
-            return run_cells(task, cells, opts, on_progress, on_start, on_result)
+            return run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip)
     finally:
         stop.set()
         if thread is not None:

@@ -247,7 +247,7 @@ def test_a_run_logged_to_a_file_prints_heartbeats(monkeypatch, capsys):
     monkeypatch.setattr(cli, "HEARTBEAT_S", 0.2)
     cell = plan(CERT, ["standard"], "quick", [0], smoke=True)[0]
 
-    def slow_cells(task, cells, opts, on_progress, on_start, on_result):
+    def slow_cells(task, cells, opts, on_progress, on_start, on_result, on_skip=None):
         on_start(cells[0])
         on_progress(cells[0], "train", 2, 5)
         time.sleep(0.7)
