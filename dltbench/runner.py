@@ -350,7 +350,10 @@ def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
             conn.close()
 
 
-_PRELOAD = ["torch", "numpy", "dltbench.registry", "dltbench.runner", "dltbench.oracle"]
+_PRELOAD = [
+    "torch", "numpy", "dltbench.registry", "dltbench.runner", "dltbench.oracle",
+    "dltbench._forkserver_guard",
+]  # fmt: skip
 
 
 def _mp_context(task_module: str | None = None):
