@@ -38,6 +38,8 @@ class TrackCertified:
 class TimeCertify:
     """CERTIFY of 100 digits-shaped points, n0=100, n=1000, with the quick profile's MLP."""
 
+    timeout = 120
+
     def setup(self):
         torch.manual_seed(0)
         self.model = MLP(64, 10).eval()

@@ -36,6 +36,8 @@ class TrackSampler:
 class TimeDiagnostics:
     """ArviZ bulk/tail ESS, R-hat and moment MCSEs of 4 chains x 2000 draws x 10 coordinates."""
 
+    timeout = 120
+
     def setup(self):
         self.x = np.random.default_rng(0).standard_normal((4, 2000, 10))
 
@@ -48,6 +50,7 @@ class TimeSamplers:
 
     params = ["rwm", "mala", "hmc"]
     param_names = ["sampler"]
+    timeout = 120
 
     def setup(self, name):
         self.target = TargetView(make_target("ill-gaussian-d10"))
