@@ -47,9 +47,9 @@ TRIM = 0.1
 
 _COMMON = dict(vlb_steps=1000, exact_trace_max_dim=16, dequantization="centered",
                ddim_steps=50, ddpm_steps=1000)  # fmt: skip
-# quick (version 2): 2000 steps, 500 2-D test points and 250 respaced DDPM steps cut a cell
-# by about 2.5x; the leaderboard's seed-to-seed separation was measured before and after
-# (docs/tasks/diffusion.md, "Speed").
+# quick (version 2): 2000 steps, 500 2-D test points and 250 respaced DDPM steps take a 2-D
+# cell from ~16 to ~8 CPU-seconds and a digits cell from ~27 to ~17; the leaderboard's
+# seed-to-seed separation before and after is in docs/tasks/diffusion.md ("Speed").
 _QUICK_2D = dict(n_train=4000, n_test=500, train_steps=2000, batch_size=256, ode_rtol=1e-4,
                  ode_atol=1e-4, n_samples=500, stored_samples=250, ddpm_steps=250)  # fmt: skip
 _PROFILES: dict[str, list[dict]] = {
