@@ -13,7 +13,8 @@ METHODS = ["ddpm", "ddpm-cosine", "v-pred"]
 
 
 class TrackDiffusion:
-    """ODE NLL and VLB (bits/dim) of the built-in methods on the quick profile, seed 0."""
+    """ODE NLL (mean; median), prior outliers and VLB of the built-in methods on the quick
+    profile, seed 0 (the run's wall time is tracked by bench_quick_runs)."""
 
     params = (METHODS, ["gmm8", "rings", "digits"])
     param_names = ["method", "dataset"]
@@ -29,6 +30,16 @@ class TrackDiffusion:
         return cache[(method, dataset)]["ode_nll_bpd"]
 
     track_ode_nll_bpd.unit = "bits/dim"
+
+    def track_ode_nll_bpd_median(self, cache, method, dataset):
+        return cache[(method, dataset)]["ode_nll_bpd_median"]
+
+    track_ode_nll_bpd_median.unit = "bits/dim"
+
+    def track_ode_prior_outliers(self, cache, method, dataset):
+        return cache[(method, dataset)]["ode_prior_outliers"]
+
+    track_ode_prior_outliers.unit = "points"
 
     def track_vlb_bpd(self, cache, method, dataset):
         return cache[(method, dataset)]["vlb_bpd"]

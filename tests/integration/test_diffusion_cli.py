@@ -24,6 +24,9 @@ def test_diffusion_cli_smoke(tmp_path):
         assert est["vlb"]["of"].startswith("x_0")
         m = r["metrics"]
         assert m["ode_nfe"] > 0 and m["vlb_bpd"] is not None
+        flagged = r["curves"]["per_point"]["ode_prior_outliers"]
+        assert m["ode_prior_outliers"] == len(flagged)
+        assert "posterior_variance[1]" in est["vlb"]["decoder_variance"]
         samples = r["curves"]["samples"]
         assert len(samples["ddim"]) == len(samples["ddpm"]) == r["config"]["stored_samples"]
         if r["setting"]["dataset"] == "digits":
@@ -37,6 +40,7 @@ def test_diffusion_cli_smoke(tmp_path):
     assert set(board["dataset"]) == {"gmm8", "rings", "digits"}
     assert set(board["profile"]) == {"quick-smoke"}
     for _, rows in board.groupby("dataset"):
-        best = rows.loc[rows["ode_nll_bpd_mean"].idxmin()]
+        best = rows.loc[rows["ode_nll_bpd_trim10_mean"].idxmin()]  # ranked by the trimmed mean
         assert best["rank"] == 1
-    assert "ode_nll_bpd" in (boards / "diffusion.md").read_text()
+    md = (boards / "diffusion.md").read_text()
+    assert "Ranked by **ode_nll_bpd_trim10**" in md and "ode_prior_outliers" in md

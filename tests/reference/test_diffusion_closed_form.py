@@ -216,3 +216,136 @@ def test_vlb_of_discrete_data_is_a_bound_on_bits():
     assert torch.isfinite(bpd).all()
     assert float(bpd.mean()) > entropy_bits - 0.05
     assert float(bpd.mean()) < entropy_bits + 1.5
+
+
+class _ConstantX0(torch.nn.Module):
+    """A 'model' whose x0-prediction is a fixed vector: the decoder term is then deterministic."""
+
+    prediction = "x0"
+
+    def __init__(self, c: torch.Tensor, schedule):
+        super().__init__()
+        self.c, self.schedule = c, schedule
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.c.to(x).expand_as(x)
+
+
+def _reference_posterior_variance(betas: np.ndarray) -> np.ndarray:
+    """improved-diffusion's / Ho et al.'s ``posterior_variance`` (0-indexed steps), in numpy."""
+    abar = np.cumprod(1.0 - betas)
+    abar_prev = np.append(1.0, abar[:-1])
+    return betas * (1.0 - abar_prev) / (1.0 - abar)
+
+
+def test_decoder_variance_is_the_reference_posterior_variance():
+    """L_0 uses posterior_variance[1] (both fixed-variance settings of the reference code), not
+    1 - alpha_bar_1 = beta_1: pinned on 8-bit data with a fixed x0-prediction, where the two
+    conventions give different decoder terms, against scipy's normal CDF."""
+    betas = np.linspace(1e-4, 0.02, 1000)  # Ho et al.'s linear schedule, T = 1000
+    sched = DiscreteSchedule(linear_alphas_cumprod(1000))
+    var_ref = _reference_posterior_variance(betas)[1]  # the log-variance _vb_terms_bpd uses at t=0
+    assert var_ref == pytest.approx(betas[1] * betas[0] / (1 - (1 - betas[0]) * (1 - betas[1])))
+    k = torch.tensor([[0, 100, 128, 255, 130, 131]])
+    x = to_grid(k, 256)
+    c = x[0] + torch.tensor([0.0, 0.004, -0.006, 0.01, 0.02, -1e-3], dtype=torch.float64)
+    model = _ConstantX0(c, sched)
+    times = torch.tensor([1, 2, 7], dtype=torch.float64) / 1000  # the first two steps fix sigma_1
+
+    def expected(var: float) -> float:
+        s, xv, cv = math.sqrt(var), x[0].numpy(), c.numpy()
+        upper = np.where(xv > 1 - 1 / 255, 1.0, norm.cdf((xv + 1 / 255 - cv) / s))
+        lower = np.where(xv < -1 + 1 / 255, 0.0, norm.cdf((xv - 1 / 255 - cv) / s))
+        return float(-np.log(upper - lower).sum())
+
+    ours = vlb_terms(model, x, 256, times=times, generator=torch.Generator().manual_seed(0))
+    beta = vlb_terms(model, x, 256, times=times, generator=torch.Generator().manual_seed(0),
+                     decoder="beta")  # fmt: skip
+    assert float(ours.decoder[0]) == pytest.approx(expected(var_ref), rel=1e-9)
+    assert float(beta.decoder[0]) == pytest.approx(expected(betas[0]), rel=1e-9)
+    assert expected(var_ref) - expected(betas[0]) > 0.3  # nats: the case tells them apart
+
+
+def test_decoder_term_of_gaussian_data_under_the_exact_denoiser():
+    """E[L_0] for x0 ~ N(m, S) and the exact x0-hat = E[x0 | x1] is D/2 log(2 pi s^2) +
+    tr(Cov(x0 | x1)) / (2 s^2), Cov(x0 | x1) = (S^-1 + a^2/sig^2 I)^-1, with s^2 the reference
+    posterior variance; the version-1 s^2 = 1 - alpha_bar_1 gives a lower value here."""
+    mean, cov, g = gaussian_problem(dim=2, seed=4)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    sched = DiscreteSchedule(linear_alphas_cumprod(1000))
+    model = GaussianDenoiser(mean, cov, sched)
+    x = torch.distributions.MultivariateNormal(mean, cov).sample((20000,))
+    times = torch.tensor([1, 2], dtype=torch.float64) / 1000
+    a2, sig2 = 1 - betas[0], betas[0]  # alpha_bar_1 and 1 - alpha_bar_1
+    post = np.linalg.inv(np.linalg.inv(cov.numpy()) + a2 / sig2 * np.eye(2))
+    want = {}
+    for kind, s2 in (("posterior", _reference_posterior_variance(betas)[1]), ("beta", betas[0])):
+        want[kind] = math.log(2 * math.pi * s2) + np.trace(post) / (2 * s2)  # D/2 log(.), D = 2
+        got = vlb_terms(model, x, None, times=times, generator=torch.Generator().manual_seed(1),
+                        decoder=kind).decoder  # fmt: skip
+        sem = float(got.std()) / math.sqrt(len(got))
+        assert abs(float(got.mean()) - want[kind]) < 4 * sem, (kind, float(got.mean()), want, sem)
+        assert 4 * sem < 0.1  # well below the 0.23-nat gap between the conventions
+    # s^2 = 5.45e-5 vs 1e-4 with tr(Cov)/D ~ 1e-4: 0.23 nats apart, far beyond 4 SEM.
+    assert want["posterior"] - want["beta"] > 0.2
+
+
+def test_chi2_outliers_on_constructed_norms():
+    """Flag exactly the squared norms outside chi^2_D's central 1 - tail interval (and non-finite ones)."""
+    from scipy.stats import chi2
+
+    from dltbench.tasks.diffusion import chi2_outliers
+
+    for dim in (2, 64, 3072):
+        lo, hi = chi2.ppf(5e-7, dim), chi2.isf(5e-7, dim)
+        v = torch.tensor(
+            [lo * 0.99, lo * 1.01, dim, hi * 0.99, hi * 1.01, 1e6 * dim, math.inf, math.nan]
+        )
+        got = chi2_outliers(v, dim, 1e-6).tolist()
+        assert got == [True, False, False, False, True, True, True, True], dim
+    # A wider tail flags more: the 1 - 0.1 interval excludes what the 1 - 1e-6 one keeps.
+    assert bool(chi2_outliers(torch.tensor([chi2.isf(0.01, 2)]), 2, 0.1)[0])
+
+
+def test_prior_outliers_flag_points_the_flow_sends_far_from_the_prior():
+    """Under the exact Gaussian flow x(t_max) is N(0, I) for data points (none flagged), while a point
+    40 standard deviations out ends with |x|^2 ~ 1600 >> chi2_2's 1-1e-6 quantile (flagged)."""
+    mean, cov, g = gaussian_problem(dim=2, seed=5)
+    sched = LinearSchedule()
+    model = GaussianDenoiser(mean, cov, sched)
+    inliers = torch.distributions.MultivariateNormal(mean, cov).sample((64,))
+    evals, evecs = torch.linalg.eigh(cov)
+    far = mean + 40 * evals[0].sqrt() * evecs[:, 0]
+    near = mean + 3 * evals[1].sqrt() * evecs[:, 1]
+    x = torch.cat([inliers, far[None], near[None]])
+    res = ode_nll(model, x, rtol=1e-6, atol=1e-6, backend="scipy")
+    flags = res.prior_outliers(1e-6)
+    assert flags.tolist() == [False] * 64 + [True, False]
+    assert float(res.terminal_sq_norm[64]) == pytest.approx(1600, rel=0.05)
+    torch.testing.assert_close(
+        res.prior_logp, -0.5 * res.terminal_sq_norm - math.log(2 * math.pi), rtol=1e-10, atol=1e-10
+    )
+
+
+def test_dequantization_conventions_differ_off_the_uniform_model():
+    """'centered' (K-1 bins on the VLB grid, + log2((K-1)/2) = 6.994 for 8 bits) and 'song' (K bins on
+    [-1, 1], + log2(K/2) = 7, score_sde's `offset = 7 - inverse_scaler(-1)`) agree on a uniform
+    model but not on N(0, 0.5^2): each matches its own closed form E_u[-log2 p(z)] + offset."""
+    levels, dim = 256, 4
+    k = torch.tensor([[0, 77, 128, 255]]).expand(40000, dim)
+    model = torch.distributions.Normal(0.0, 0.5)
+    want = {}
+    for convention, width, centre, offset in (
+        ("centered", 2 / 255, lambda k: -1 + 2 * k / 255, math.log2(127.5)),
+        ("song", 2 / 256, lambda k: -1 + (2 * k + 1) / 256, 7.0),
+    ):
+        z, off = dequantize(k, levels, convention, torch.Generator().manual_seed(2))
+        assert off == pytest.approx(offset, abs=1e-12)
+        c = centre(k[0].double())
+        assert (z - c).abs().max() <= width / 2 + 1e-12  # uniform within its bin
+        ez2 = c**2 + width**2 / 12  # E[z^2] for z uniform on [c - w/2, c + w/2]
+        nats = (0.5 * math.log(2 * math.pi * 0.25) + ez2 / (2 * 0.25)).sum()
+        want[convention] = float(nats) / (dim * math.log(2)) + offset
+        got = -model.log_prob(z).sum(1) / (dim * math.log(2)) + off
+        assert float(got.mean()) == pytest.approx(want[convention], abs=4 * float(got.std()) / 200)
+    assert abs(want["song"] - want["centered"]) > 0.005  # here -0.0065 bits/dim: the two differ

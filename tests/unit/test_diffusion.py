@@ -173,10 +173,30 @@ def test_configs_and_smoke():
     assert [c.dataset for c in quick] == ["gmm8", "rings", "digits"]
     assert all(c.ode_rtol == c.ode_atol == 1e-4 for c in quick)
     assert task.configs("paper")[0].dataset == "cifar10"
+    # Published ODE bits/dim (Song et al. 2021, score_sde) use K bins on [-1, 1] and +7 for 8 bits.
+    assert task.configs("paper")[0].dequantization == "song"
+    assert all(c.dequantization == "centered" for c in quick + task.configs("standard"))
+    assert task.primary_metric == "ode_nll_bpd_trim10" and task.version == "2"
     with pytest.raises(ValueError, match="profile"):
         task.configs("huge")
     smoke = task.smoke(quick[0])
     assert smoke.n_test < quick[0].n_test and smoke.train_steps < quick[0].train_steps
+
+
+@pytest.mark.parametrize("n", [1, 9, 10, 11, 300, 301])
+def test_trimmed_mean_matches_scipy_and_ignores_divergent_points(n):
+    """int(0.1 n) dropped at each end, as scipy.stats.trim_mean; 10% of points at 1e6 move it not at all."""
+    from scipy.stats import trim_mean
+
+    from dltbench.tasks.diffusion.task import trimmed_mean
+
+    v = torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    assert trimmed_mean(v, 0.1) == pytest.approx(trim_mean(v.numpy(), 0.1), rel=1e-12, abs=1e-12)
+    if n >= 10:  # the k largest replaced by divergent values: exactly the same trimmed mean
+        k = int(0.1 * n)
+        bad = torch.sort(v).values
+        bad[n - k :] = 1e6
+        assert trimmed_mean(bad, 0.1) == pytest.approx(trimmed_mean(v, 0.1), rel=1e-12)
 
 
 def test_prepare_fixes_the_test_set_and_hides_it_from_methods():

@@ -12,9 +12,12 @@ from . import methods  # noqa: F401  (registers the built-in methods)
 from .data import DiffusionData, log_density_2d, sample_2d
 from .gaussian import GaussianDenoiser, gaussian_entropy, gaussian_marginal_log_density
 from .likelihood import (
+    DECODER_VARIANCES,
     OdeNll,
     VlbTerms,
     bits_per_dim_to_nats,
+    chi2_outliers,
+    decoder_variance,
     dequantize,
     discretized_gaussian_log_likelihood,
     log_diff_ndtr,
@@ -41,6 +44,7 @@ from .schedules import (
 from .task import DiffusionConfig, DiffusionMethod, DiffusionTask
 
 __all__ = [
+    "DECODER_VARIANCES",
     "PREDICTIONS",
     "CosineSchedule",
     "DiffusionConfig",
@@ -55,8 +59,10 @@ __all__ = [
     "Schedule",
     "VlbTerms",
     "bits_per_dim_to_nats",
+    "chi2_outliers",
     "convert",
     "cosine_alphas_cumprod",
+    "decoder_variance",
     "dequantize",
     "discretized_gaussian_log_likelihood",
     "gaussian_entropy",

@@ -9,7 +9,11 @@ Conventions (stated on every record by the task):
 * VLB (Ho et al. 2020, their eq. 5): L = KL(q(x_T|x_0) || N(0, I)) + sum_{i>=2} KL(q(x_{i-1}|x_i,
   x_0) || p(x_{i-1}|x_i)) + L_0, one draw of x_i per step and point (all T terms, no step
   sampling). p's variance is the posterior variance ("fixed small"). L_0 = -log p(x_0|x_1)
-  with p(x_0|x_1) = N(x0-hat(x_1), sigma_1^2): a Gaussian density for continuous data, the
+  with p(x_0|x_1) = N(x0-hat(x_1), sigma_1^2) and sigma_1^2 the posterior variance of
+  q(x_1|x_2, x_0), as the reference code sets it in both its fixed-variance settings
+  (Ho et al.'s ``diffusion_utils_2.py`` and improved-diffusion: ``posterior_variance[1]``,
+  the log-variance that ``_vb_terms_bpd`` hands to the decoder at t = 0; see
+  :func:`decoder_variance`): a Gaussian density for continuous data, the
   discretized Gaussian of Ho et al. for data on K levels (grid -1 + 2k/(K-1), the "255"
   convention for 8-bit data; the outer bins extend to +-inf). The discretized decoder uses
   the exact Gaussian CDF in log space (``torch.special.log_ndtr``), not the tanh
@@ -93,6 +97,29 @@ def discretized_gaussian_log_likelihood(
     return log_diff_ndtr(a, b)
 
 
+DECODER_VARIANCES = ("posterior", "beta")
+
+
+def decoder_variance(log_snr: torch.Tensor, kind: str = "posterior") -> torch.Tensor:
+    """The decoder variance sigma_1^2 of p(x_0|x_1) for the VLB's step log-SNRs (increasing t), float64.
+
+    ``posterior`` (default, the reference code): the posterior variance of q(x_{s}|x_{t}, x_0)
+    between the first two steps s < t, sigma_s^2 (1 - SNR(t)/SNR(s)) = beta_t (1 - alpha_bar_s)
+    / (1 - alpha_bar_t), which is improved-diffusion's and Ho et al.'s ``posterior_variance[1]``
+    (respaced grids recompute it from the kept alphas-cumprod, as their SpacedDiffusion does).
+    ``beta``: 1 - alpha_bar_1 = beta_1, the paper's text with sigma_t^2 = beta_t (our version-1
+    convention; its reference code swaps it for the posterior variance "to get a better decoder
+    log likelihood"), kept for comparison with numbers computed that way. A single-step grid
+    has no posterior and uses ``beta``.
+    """
+    if kind not in DECODER_VARIANCES:
+        raise ValueError(f"unknown decoder variance {kind!r}; use one of {DECODER_VARIANCES}")
+    lam = log_snr.to(torch.float64)
+    if kind == "beta" or len(lam) < 2:
+        return torch.sigmoid(-lam[0])
+    return torch.sigmoid(-lam[0]) * -torch.expm1(lam[1] - lam[0])
+
+
 @dataclass
 class VlbTerms:
     """Per-point terms of the variational bound, in nats: total = prior + diffusion + decoder."""
@@ -124,6 +151,7 @@ def vlb_terms(
     times: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     max_rows: int = 65536,
+    decoder: str = "posterior",
 ) -> VlbTerms:
     """The VLB's terms for each point of ``x0`` (N, D) in nats (see the module docstring).
 
@@ -131,12 +159,12 @@ def vlb_terms(
     continuous data (Gaussian density decoder). The steps are ``times`` if given, else
     ``model.schedule.timesteps(steps)`` (a discrete schedule's own T steps by default).
     Several steps go through the network together, at most ``max_rows`` rows per call.
+    ``decoder`` chooses the decoder variance (:func:`decoder_variance`).
     """
     sched = model.schedule
     ts = (times if times is not None else sched.timesteps(steps)).to(torch.float64).to(x0.device)
     x0 = x0.to(torch.float64)
     lam = sched.log_snr(ts)
-    log_abar = -torch.nn.functional.softplus(-lam)
     alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
     def draw(i: torch.Tensor) -> torch.Tensor:  # x_t for steps i (S,) and all points: (S, N, D)
@@ -163,7 +191,7 @@ def vlb_terms(
         diffusion += (0.5 * d_snr[i - 1, None] * ((x0 - x0_hat) ** 2).sum(2)).sum(0)
     x_1 = draw(torch.zeros(1, dtype=torch.long, device=x0.device))[0]
     x0_hat = _predict(model, x_1, ts[0].expand(len(x0)), alpha[0], sigma[0], "x0")
-    scale = torch.sqrt(-torch.expm1(log_abar[0])).expand_as(x0)  # sigma_1^2 = 1 - alpha_bar_1
+    scale = decoder_variance(lam, decoder).sqrt().expand_as(x0)
     if levels is None:
         logp = -0.5 * ((x0 - x0_hat) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
     else:
@@ -178,6 +206,7 @@ def vlb_bits_per_dim(
     steps: int | None = None,
     generator: torch.Generator | None = None,
     batch_size: int = 1024,
+    decoder: str = "posterior",
 ) -> torch.Tensor:
     """The variational bound on -log p(x_0) in bits/dim, one value per point of ``x0`` (N, D).
 
@@ -188,7 +217,9 @@ def vlb_bits_per_dim(
         bpd = vlb_bits_per_dim(model, to_grid(pixels, 256), levels=256).mean()
     """
     out = [
-        vlb_terms(model, x0[i : i + batch_size], levels, steps, None, generator).total
+        vlb_terms(
+            model, x0[i : i + batch_size], levels, steps, None, generator, decoder=decoder
+        ).total
         for i in range(0, len(x0), batch_size)
     ]
     return nats_to_bits_per_dim(torch.cat(out), x0.shape[1])
@@ -207,10 +238,32 @@ class OdeNll:
     trace: str  # "exact" or "hutchinson"
     backend: str  # "torchdiffeq" or "scipy"
     dim: int  # D, the dimension of a point
+    terminal_sq_norm: torch.Tensor | None = None  # |x(t_max)|^2 per point
+
+    def prior_outliers(self, tail: float = 1e-6) -> torch.Tensor:
+        """Points whose |x(t_max)|^2 lies outside the prior's central 1 - ``tail`` chi^2_D interval (bool)."""
+        if self.terminal_sq_norm is None:
+            raise ValueError("this OdeNll carries no terminal norms")
+        return chi2_outliers(self.terminal_sq_norm, self.dim, tail)
 
     def bits_per_dim(self) -> torch.Tensor:
         """The NLL per point in bits/dim (of x at t_min; add the dequantization offset for discrete data)."""
         return nats_to_bits_per_dim(self.nll, self.dim)
+
+
+def chi2_outliers(sq_norm: torch.Tensor, dim: int, tail: float = 1e-6) -> torch.Tensor:
+    """True where ``sq_norm`` lies outside the central 1 - ``tail`` interval of chi^2_dim (bool).
+
+    Under the model the flow's end point is N(0, I) at t_max, so |x|^2 there is chi^2_D; a
+    point far outside (a flow that diverged, or a point the model maps far from the prior)
+    gets an NLL that says more about the solver path than about the density. Each point of
+    a correct model is flagged with probability ``tail``.
+    """
+    from scipy.stats import chi2
+
+    lo, hi = chi2.ppf(tail / 2, dim), chi2.isf(tail / 2, dim)
+    v = sq_norm.to(torch.float64)
+    return (v < lo) | (v > hi) | ~torch.isfinite(v)
 
 
 def _drift_and_divergence(model, x, t, probe):
@@ -310,7 +363,7 @@ def ode_nll(
     t0 = float(model.schedule.t_min if t_min is None else t_min)
     t1 = t_max(model.schedule, log_snr_end)
     exact = trace == "exact" or (trace == "auto" and x.shape[1] <= exact_max_dim)
-    nll, prior, delta, nfe = [], [], [], 0
+    nll, prior, delta, sq_norm, nfe = [], [], [], [], 0
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size]
         probe = None
@@ -332,6 +385,7 @@ def ode_nll(
         nll.append(-(lp + dl))
         prior.append(lp)
         delta.append(dl)
+        sq_norm.append((x1.to(torch.float64) ** 2).sum(1))
         nfe += count[0]
     return OdeNll(torch.cat(nll), torch.cat(prior), torch.cat(delta), nfe, t0, t1,
-                  "exact" if exact else "hutchinson", backend, x.shape[1])  # fmt: skip
+                  "exact" if exact else "hutchinson", backend, x.shape[1], torch.cat(sq_norm))  # fmt: skip
