@@ -19,6 +19,15 @@ def _small_torch():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    # Cached reference defenses (attack task) go to a session folder, not the user's ~/.cache.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DLTBENCH_CACHE_DIR", str(tmp_path_factory.mktemp("dltbench-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def dirs(tmp_path: Path) -> dict[str, Path]:
     """CLI arguments that keep a test's records and leaderboards under its tmp_path."""

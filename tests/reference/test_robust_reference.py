@@ -20,7 +20,7 @@ from dltbench.tasks.robust import (
 K, SIDE = 10, 4  # K >= 10 classes so that the targeted attacks run on 9 targets
 
 
-def _linear_problem(seed: int):
+def _linear_problem(seed: int, K: int = K):  # noqa: N803 (the class count, as in the papers)
     g = torch.Generator().manual_seed(seed)
     d = SIDE * SIDE
     w = torch.randn(K, d, generator=g, dtype=torch.float64)
@@ -71,6 +71,52 @@ def test_ensemble_reaches_the_exact_robust_accuracy_of_a_linear_classifier(norm)
     assert 0.2 < exact.mean() < 0.8  # the check is not trivial
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_binary_linear_classifier_gets_its_exact_robust_accuracy(norm):
+    """K = 2: APGD-T is undefined and skipped; the rest reach |w.x + b| / ||w||_q exactly."""
+    model, x, y, w, b = _linear_problem(seed=3 if norm == "linf" else 4, K=2)
+    dstar = _minimal_perturbation(x, y, w, b, norm)
+    # the binary closed form: one boundary, w = w_0 - w_1, distance |w.x + b| / ||w||_q
+    wd, bd = w[0] - w[1], b[0] - b[1]
+    q = 1 if norm == "linf" else 2
+    closed = (x.double().flatten(1) @ wd + bd).abs() / wd.norm(p=q)
+    finite = torch.isfinite(dstar)
+    assert torch.allclose(dstar[finite], closed[finite])
+    eps = float(dstar[finite].median())
+    assert eps < 0.3  # inputs are in [0.3, 0.7]: the optimal perturbation stays in the box
+    exact = (dstar > eps).numpy()
+    res = robust_accuracy(
+        model, x, y, eps, norm, default_ensemble(apgd_steps=50, n_targets=9, square_queries=200),
+        torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert set(res.per_attack) == {"apgd-ce", "square"}
+    assert "2 classes" in res.skipped["apgd-t"]
+    clear = (torch.abs(dstar - eps) > 1e-3 * eps).numpy()
+    for name, mask in res.per_attack.items():
+        assert (mask[clear] >= exact[clear]).all(), name
+    assert (res.robust[clear] == exact[clear]).all()
+    assert abs(res.robust_accuracy - exact.mean()) <= (~clear).mean() + 1e-12
+    assert 0.2 < exact.mean() < 0.8
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_three_class_linear_classifier_is_evaluated_soundly(norm):
+    """K = 3: APGD-CE and Square run (APGD-T skipped); no point goes below the exact answer."""
+    model, x, y, w, b = _linear_problem(seed=5, K=3)
+    dstar = _minimal_perturbation(x, y, w, b, norm)
+    eps = float(dstar[torch.isfinite(dstar)].median())
+    assert eps < 0.3
+    exact = (dstar > eps).numpy()
+    res = robust_accuracy(
+        model, x, y, eps, norm, default_ensemble(apgd_steps=50, n_targets=9, square_queries=200),
+        torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert set(res.skipped) == {"apgd-t"}
+    clear = (torch.abs(dstar - eps) > 1e-3 * eps).numpy()
+    assert (res.robust[clear] >= exact[clear]).all()
+    assert res.robust_accuracy - exact.mean() <= 0.02  # untargeted CE gets (nearly) all of it
+
+
 @pytest.fixture(scope="module")
 def trained():
     data = digits()
@@ -114,3 +160,28 @@ def test_pgd_at_least_as_strong_as_torchattacks(trained, eps):
             accs_theirs.append((model(theirs).argmax(1) == y).float().mean().item())
             accs_ours.append((model(ours).argmax(1) == y).float().mean().item())
     assert sum(accs_ours) / 3 <= sum(accs_theirs) / 3 + 0.005
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_square_matches_torchattacks_square(trained, norm):
+    """Same model, points, eps and AutoAttack's settings (p_init 0.8, no rescaling): same strength."""
+    torchattacks = pytest.importorskip("torchattacks")
+    from dltbench.tasks.robust import square
+
+    model, x, y = trained
+    eps, queries = (0.1, 300) if norm == "linf" else (0.5, 300)
+    accs_ours, accs_theirs = [], []
+    for seed in range(3):
+        # theirs makes n_queries proposals after the initial query; ours counts that query
+        atk = torchattacks.Square(
+            model, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=queries - 1,
+            p_init=0.8, loss="margin", resc_schedule=False, seed=seed,
+        )  # fmt: skip
+        theirs = atk(x, y)
+        ours = square(model, x, y, eps, norm, torch.Generator().manual_seed(seed), queries=queries)
+        with torch.no_grad():
+            accs_theirs.append((model(theirs).argmax(1) == y).float().mean().item())
+            accs_ours.append((model(ours).argmax(1) == y).float().mean().item())
+    # 200 points, 3 seeds: a random-search attack's seed spread is about 0.01
+    assert abs(sum(accs_ours) / 3 - sum(accs_theirs) / 3) <= 0.02, (accs_ours, accs_theirs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -225,3 +226,119 @@ def test_counter_evaluation_combines_per_point_on_the_same_weights():
     assert out.loc[0, "robust_acc_mean"] == pytest.approx(0.5)
     assert out.loc[0, "robust_acc_harness_mean"] == 0.625
     assert out.loc[0, "broken_by"] == "new-attack (seed 0)"
+
+
+def _reference_p_selection(it: int, n_queries: int, p_init: float, rescale: bool) -> float:
+    """fra31/auto-attack's SquareAttack.p_selection, transcribed branch by branch."""
+    if rescale:
+        it = int(it / n_queries * 10000)
+    if 10 < it <= 50:
+        return p_init / 2
+    if 50 < it <= 200:
+        return p_init / 4
+    if 200 < it <= 500:
+        return p_init / 8
+    if 500 < it <= 1000:
+        return p_init / 16
+    if 1000 < it <= 2000:
+        return p_init / 32
+    if 2000 < it <= 4000:
+        return p_init / 64
+    if 4000 < it <= 6000:
+        return p_init / 128
+    if 6000 < it <= 8000:
+        return p_init / 256
+    if it > 8000:
+        return p_init / 512
+    return p_init
+
+
+def test_square_schedule_is_autoattacks():
+    from dltbench.tasks.robust.square import p_schedule
+
+    edges = [0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001, 2000, 2001, 4000, 4001, 6001, 8001]
+    for it in [*edges, 299, 4999]:
+        # AutoAttack's standard version: p_init 0.8, not rescaled, for both norms
+        assert p_schedule(it, 5000, 0.8) == _reference_p_selection(it, 5000, 0.8, False), it
+        assert p_schedule(it, 300, 0.8, rescale=True) == _reference_p_selection(it, 300, 0.8, True)
+    assert p_schedule(11, 300, 0.8) == 0.4  # not rescaled: a 300-query run halves at 10, 50, 200
+    assert p_schedule(299, 300, 0.8) == 0.1
+    assert p_schedule(299, 300, 0.8, rescale=True) == 0.8 / 512
+
+
+def test_square_defaults_are_autoattacks():
+    import inspect
+
+    from dltbench.tasks.robust import square
+
+    params = inspect.signature(square).parameters
+    assert params["p_init"].default == 0.8 and params["rescale"].default is False
+
+
+def test_attacks_undefined_for_few_classes_are_skipped_and_named():
+    from dltbench.tasks.robust import default_ensemble
+    from dltbench.tasks.robust.evaluate import required_classes
+
+    ens = default_ensemble(apgd_steps=5, n_targets=3, square_queries=10)
+    assert [required_classes(a)[0] for a in ens.values()] == [2, 4, 2]
+    from functools import partial
+
+    assert required_classes(partial(apgd, loss="dlr"))[0] == 3
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(20, 1, 4, 4)
+    y = model(x).argmax(1)
+    res = robust_accuracy(model, x, y, 0.05, "linf", ens, torch.Generator().manual_seed(0))
+    assert set(res.per_attack) == {"apgd-ce", "square"}
+    assert "3 classes" in res.skipped["apgd-t"] and "K >= 4" in res.skipped["apgd-t"]
+    with pytest.raises(ValueError, match="no attack"):
+        robust_accuracy(model, x, y, 0.05, "linf", {"apgd-t": ens["apgd-t"]})
+
+
+def test_masking_flagged_defense_is_not_ranked_above_unflagged():
+    from dltbench import leaderboard
+
+    flagged = _record("robust", "masked", 0, [1, 1, 1, 1], "w0")
+    flagged.curves["masking_flags"] = ["gradient-free-beats-gradient"]
+    honest = _record("robust", "pgd-at", 0, [1, 1, 0, 0], "w1")
+    task = RobustTask()
+    df = leaderboard.build(task, [flagged, honest], lambda name: [])
+    assert list(df["method"]) == ["pgd-at", "masked"]  # 1.0 > 0.5, yet listed after
+    assert df.loc[0, "rank"] == 1 and pd.isna(df.loc[1, "rank"])
+    assert "gradient-free-beats-gradient" in df.loc[1, "excluded_reason"]
+    assert df.loc[0, "excluded_reason"] == ""
+
+
+def test_reference_defense_is_trained_once_and_cached_per_code_version(
+    data, tmp_path, monkeypatch
+):
+    from dltbench.tasks.robust import attack_task as at
+
+    monkeypatch.setenv("DLTBENCH_CACHE_DIR", str(tmp_path))
+    cfg = AttackTask().smoke(AttackTask().configs("quick")[0]).defense_config()
+    ctx = Context(1, CPU)
+    fresh, hit = at.reference_model("standard", data, cfg, ctx, use_cache=False)
+    assert not hit and not list(tmp_path.rglob("*.pt"))
+    rng = torch.get_rng_state()
+    first, hit1 = at.reference_model("standard", data, cfg, ctx)
+    assert torch.equal(torch.get_rng_state(), rng)  # training does not move the global stream
+    second, hit2 = at.reference_model("standard", data, cfg, ctx)
+    assert (hit1, hit2) == (False, True)
+    fps = {at.model_fingerprint(m) for m in (fresh, first, second)}
+    assert len(fps) == 1  # the cached weights are the very weights a fresh training gives
+    # another config, seed-independent method or code version is another key
+    other = dataclasses.replace(cfg, epochs=cfg.epochs + 1)
+    assert at.reference_key("standard", data, other, CPU) != at.reference_key(
+        "standard", data, cfg, CPU
+    )
+    (entry,) = tmp_path.rglob("*.pt")
+    assert entry.name.startswith(at.code_version())
+    monkeypatch.setattr(at, "code_version", lambda: "0" * 16)
+    _, hit3 = at.reference_model("standard", data, cfg, ctx)
+    assert not hit3  # never across code versions
+    assert [p.name[:16] for p in tmp_path.rglob("*.pt")] == ["0" * 16]  # the stale entry is gone
+    # a corrupt entry is retrained, not trusted
+    (path,) = tmp_path.rglob("*.pt")
+    path.write_bytes(b"not a checkpoint")
+    model, hit4 = at.reference_model("standard", data, cfg, ctx)
+    assert not hit4 and at.model_fingerprint(model) in fps

@@ -1,18 +1,34 @@
 """The ``attack`` task: an attack's robust accuracy against reference defenses (lower is stronger).
 
-The harness trains each reference defense of the ``robust`` task inside the cell, with
-the contexts the ``robust`` cell of seed ``reference_seed`` uses, so that (on the same
-device and library versions) the attacked weights are those that the ``robust``
-leaderboard scored; the attack's findings then count as counter-evidence there.
+The harness trains each reference defense of the ``robust`` task with the contexts the
+``robust`` cell of seed ``reference_seed`` uses, so that (on the same device and library
+versions) the attacked weights are those that the ``robust`` leaderboard scored; the
+attack's findings then count as counter-evidence there.
+
+Every cell of a run attacks the same reference weights, so a built-in reference defense
+is trained once and its weights kept in a cache folder (``$DLTBENCH_CACHE_DIR``, else
+``$XDG_CACHE_HOME/dltbench`` or ``~/.cache/dltbench``), under a content hash of the
+method's name, version and source, the config, the seed, the training data, the device
+type, the torch version, the intra-op thread count and the harness's own source code: a changed line of dltbench
+is a new key, so weights are never shared across code versions. A loaded entry must
+reproduce the fingerprint it was stored with; anything else is retrained.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
+import hashlib
+import json
+import os
+import pickle
+import tempfile
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,18 +82,126 @@ class AttackMethod(Method):
         """
 
 
-def reference_model(name: str, data, config: RobustConfig, ctx: Context) -> nn.Module:
-    """Train reference defense ``name`` exactly as the ``robust`` cell of the reference seed does."""
+def cache_dir() -> Path:
+    """Folder of cached reference defenses (see the module docstring for the variables read)."""
+    root = os.environ.get("DLTBENCH_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dltbench"
+    return Path(root) / "reference-defenses"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 (16 hex digits) of every .py file of the dltbench package: the harness's code version."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def reference_key(name: str, data, config: RobustConfig, device: torch.device) -> str:
+    """Content hash (24 hex digits) of everything reference defense ``name``'s weights depend on."""
+    cls = registry.get_method_class("robust", name)
+    h = hashlib.sha256()
+    for t in (data.train.x, data.train.y):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    payload = {
+        "method": name, "version": str(cls.version), "source": registry.source_hash(cls),
+        "config": dataclasses.asdict(config), "seed": REFERENCE_SEED, "data": h.hexdigest(),
+        "code": code_version(), "torch": torch.__version__, "device": device.type,
+        # the intra-op thread count changes float reduction order, hence the trained weights
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _skeleton(name: str, data) -> nn.Module | None:
+    """An untrained copy of the architecture ``name`` trains, when the harness knows it (built-ins)."""
+    from ...models import default_classifier
+    from .methods import _Trained  # methods imports this module
+
+    cls = registry.get_method_class("robust", name)
+    if issubclass(cls, _Trained) and cls.__module__ == _Trained.__module__:
+        return default_classifier(data.shape, data.num_classes)
+    return None
+
+
+def _load_cached(path: Path, skeleton: nn.Module) -> nn.Module | None:
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        skeleton.load_state_dict(entry["state_dict"], strict=True)
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.PickleError):
+        return None  # unreadable or not this architecture: retrain and overwrite
+    model = skeleton.eval()
+    return model if _weights_hash(model) == entry.get("fingerprint") else None
+
+
+def _weights_hash(model: nn.Module) -> str:
+    """sha256 (16 hex digits) of a harness-owned model's parameters and buffers."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _store(path: Path, model: nn.Module) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    entry = {"state_dict": state, "fingerprint": _weights_hash(model)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(entry, f)
+        os.replace(tmp, path)  # atomic: a concurrent cell sees the old file or the new one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    for old in path.parent.glob("*.pt"):  # entries of other code versions can never hit again
+        if not old.name.startswith(code_version()):
+            old.unlink(missing_ok=True)
+
+
+def reference_model(
+    name: str, data, config: RobustConfig, ctx: Context, use_cache: bool = True
+) -> tuple[nn.Module, bool]:
+    """Reference defense ``name`` as the ``robust`` cell of the reference seed trains it, and
+    whether it came from the cache. The global torch RNG state is left as it was either way.
+    """
+    rng_state = torch.get_rng_state()  # a cache hit and a training leave the same state behind
+    try:
+        return _reference_model(name, data, config, ctx, use_cache)
+    finally:
+        torch.set_rng_state(rng_state)
+
+
+def _reference_model(name, data, config, ctx, use_cache):
     from ...runner import cell_contexts  # the runner imports the registry, which imports tasks
 
+    skeleton = _skeleton(name, data) if use_cache else None
+    path = None
+    if skeleton is not None:
+        key = reference_key(name, data, config, ctx.device)
+        path = cache_dir() / f"{code_version()}-{name}-{key}.pt"
+        if path.exists():
+            model = _load_cached(path, skeleton)
+            if model is not None:
+                return check_model(model.to(ctx.device), data, ctx), True
     cls = registry.get_method_class("robust", name)
     _, method_ctx, _ = cell_contexts(REFERENCE_SEED, ctx.device, ctx.data_dir, ctx.progress)
     torch.manual_seed(method_ctx.seed)  # as the runner does before fit()
     # A built-in defense, trained here in the harness (trusted code); the attack being
     # scored runs in its own process and only ever queries this model through an oracle.
     task = RobustTask()
-    model = task.fit(cls(), task.train_view(data, config), config, method_ctx)
-    return check_model(model, data, ctx)
+    model = check_model(
+        task.fit(cls(), task.train_view(data, config), config, method_ctx), data, ctx
+    )
+    if path is not None:
+        with contextlib.suppress(OSError):  # a read-only or full cache costs time, not correctness
+            _store(path, model)
+    return model, False
 
 
 @register_task
@@ -85,7 +209,7 @@ class AttackTask(Task):
     """Attacks: robust accuracy they leave on reference defenses at fixed (norm, eps), and their cost."""
 
     name = "attack"
-    version = "1"
+    version = "2"
     description = "attacks scored by the robust accuracy they leave on reference defenses"
     method_type = AttackMethod
     protocol = "perturb"
@@ -137,7 +261,7 @@ class AttackTask(Task):
         seconds = 0.0
         for i, name in enumerate(config.reference_defenses):
             ctx.progress(f"train {name}", i, len(config.reference_defenses))
-            model = reference_model(name, data, config.defense_config(), ctx)
+            model, cached = reference_model(name, data, config.defense_config(), ctx)
             with torch.no_grad():
                 clean = model(x).argmax(1) == y
             robust = clean.clone()
@@ -170,6 +294,7 @@ class AttackTask(Task):
             per_defense[name] = {
                 "version": str(cls.version), "source_hash": registry.source_hash(cls),
                 "seed": REFERENCE_SEED, "fingerprint": model_fingerprint(model, tuple(x.shape[1:])),
+                "cached": cached,
                 "clean_acc": float(clean.float().mean()), "robust_acc": metrics[f"robust_acc_{name}"],
                 "robust": robust.int().cpu().tolist(),
             }  # fmt: skip
@@ -183,7 +308,8 @@ class AttackTask(Task):
             "test_points": len(y), "test_selection": f"first {config.n_test} points of the fixed test split",
             "attacked_points": "only points the defense classifies correctly; cost is per attacked point",
             "reference_defenses": list(config.reference_defenses),
-            "reference_training": f"robust-task method with the contexts of cell seed {REFERENCE_SEED}",
+            "reference_training": f"robust-task method with the contexts of cell seed {REFERENCE_SEED}; "
+                                  "built-ins trained once per code version and cached by content hash",
             "threat_model": f"{config.norm} ball of radius {config.eps:g} (pixels in [0, 1]) within [0, 1]",
             "budget_tolerance": BUDGET_TOL,
             "pass_counting": "images through the model forward / through a backward pass",

@@ -8,6 +8,10 @@ config, trained with the same seed. When the attacked weights are the very ones 
 the attack's own robust accuracy is a bound for that seed. A row's ``robust_acc`` is
 then the mean over its seeds of the lowest known number; ``robust_acc_harness_mean``
 keeps the ensemble's own, and ``broken_by`` names the attacks that lowered it.
+
+A row with a gradient-masking flag on any of its seeds is not ranked (``eligible``
+False, the flags in ``excluded_reason``): its robust accuracy is an upper bound the
+harness has reason to doubt, so it must not sit above a defense with none.
 """
 
 from __future__ import annotations
@@ -60,11 +64,16 @@ def lowest_known(defense: Result, attacks: list[Result]) -> tuple[float, set[str
 def adjust_defense_leaderboard(
     df: pd.DataFrame, records: list[Result], load: Callable[[str], list[Result]]
 ) -> pd.DataFrame:
-    """Add ``robust_acc_harness_mean``, ``broken_by`` and ``masking_flag_names``; lower ``robust_acc``."""
+    """Add ``robust_acc_harness_mean``, ``broken_by``, ``masking_flag_names`` and ``eligible``; lower ``robust_acc``.
+
+    Rows with masking flags get ``eligible`` False (unranked, listed after the ranked rows).
+    """
     df = df.copy()
     df["robust_acc_harness_mean"] = df.get("robust_acc_mean")
     df["broken_by"] = ""
     df["masking_flag_names"] = ""
+    df["eligible"] = pd.Series(True, index=df.index, dtype=bool)
+    df["excluded_reason"] = ""
     if df.empty:
         return df
     by_id = {r.id: r for r in records}
@@ -84,4 +93,9 @@ def adjust_defense_leaderboard(
         df.at[i, "robust_acc_mean"] = s.mean()
         df.at[i, "robust_acc_std"] = s.std(ddof=1) if len(s) > 1 else float("nan")
         df.at[i, "broken_by"] = ", ".join(sorted(who))
+    flagged = df["masking_flag_names"] != ""
+    df["eligible"] = ~flagged
+    df.loc[flagged, "excluded_reason"] = (
+        "gradient-masking flags: " + df.loc[flagged, "masking_flag_names"]
+    )
     return df

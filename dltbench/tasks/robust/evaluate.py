@@ -36,14 +36,38 @@ Attack = Callable[..., torch.Tensor]  # (model, x, y, eps, norm, generator) -> x
 GRADIENT_FREE = frozenset({"square"})
 
 
+def required_classes(attack: Attack) -> tuple[int, str]:
+    """The fewest classes ``attack`` is defined for, and why (2 and "" for most attacks).
+
+    The DLR loss divides by z_pi1 - z_pi3 (needs K >= 3 classes) and its targeted form by
+    z_pi1 - (z_pi3 + z_pi4) / 2 (K >= 4), as AutoAttack's ``checks.check_n_classes`` states.
+    """
+    func, keywords = attack, {}
+    while isinstance(func, partial):
+        keywords = {**func.keywords, **keywords}
+        func = func.func
+    if func is apgd_targeted:
+        return 4, "the targeted DLR loss reads the 3rd and 4th largest logits (K >= 4)"
+    if func is apgd and keywords.get("loss") == "dlr":
+        return 3, "the DLR loss reads the 3rd largest logit (K >= 3)"
+    return 2, ""
+
+
 def default_ensemble(
-    apgd_steps: int = 100, n_targets: int = 9, square_queries: int = 5000
+    apgd_steps: int = 100,
+    n_targets: int = 9,
+    square_queries: int = 5000,
+    square_rescale: bool = False,
 ) -> dict[str, Attack]:
-    """The harness's standard ensemble: APGD-CE, APGD-T (targeted DLR) and Square (AutoAttack's minus FAB-T)."""
+    """The harness's standard ensemble: APGD-CE, APGD-T (targeted DLR) and Square (AutoAttack's minus FAB-T).
+
+    The defaults are AutoAttack's ``standard`` version; ``square_rescale`` reads Square's
+    p schedule as fractions of ``square_queries`` (for budgets far below 5000).
+    """
     return {
         "apgd-ce": partial(apgd, steps=apgd_steps, loss="ce"),
         "apgd-t": partial(apgd_targeted, steps=apgd_steps, n_targets=n_targets),
-        "square": partial(square, queries=square_queries),
+        "square": partial(square, queries=square_queries, rescale=square_rescale),
     }
 
 
@@ -88,6 +112,7 @@ class RobustResult:
     robust: np.ndarray  # correct and no attack succeeded
     per_attack: dict[str, np.ndarray]  # correct and this attack failed
     seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # attack -> why it was not run
 
     @property
     def clean_accuracy(self) -> float:
@@ -132,12 +157,27 @@ def robust_accuracy(
     on the points the previous ones failed on (AutoAttack's cheaper order), and the
     per-attack numbers are cumulative. The per-sample worst case is the same either way
     up to the attacks' randomness. The model is put in eval mode.
+
+    Attacks not defined for the model's number of classes K (APGD-T needs K >= 4, see
+    :func:`required_classes`) are skipped, as AutoAttack's practice for few classes is,
+    and named with the reason in ``skipped``; the others run. If none can run, ValueError.
     """
     check_norm(norm)
     attacks = dict(attacks) if attacks is not None else default_ensemble()
     model.eval()
     device = next((p.device for p in model.parameters()), x.device)
     n = len(y)
+    skipped: dict[str, str] = {}
+    if n:
+        with torch.no_grad():
+            k = model(x[:1].to(device)).shape[1]
+        for name, attack in list(attacks.items()):
+            need, why = required_classes(attack)
+            if k < need:
+                skipped[name] = f"not run: the model has {k} classes and {why}"
+                del attacks[name]
+        if not attacks:
+            raise ValueError(f"no attack of the ensemble is defined for {k} classes: {skipped}")
     clean = np.zeros(n, dtype=bool)
     per = {k: np.zeros(n, dtype=bool) for k in attacks}
     seconds = dict.fromkeys(attacks, 0.0)
@@ -162,7 +202,7 @@ def robust_accuracy(
     robust = clean.copy()
     for v in per.values():
         robust &= v
-    return RobustResult(clean, robust, per, seconds)
+    return RobustResult(clean, robust, per, seconds, skipped)
 
 
 def masking_flags(

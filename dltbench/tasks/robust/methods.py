@@ -169,7 +169,7 @@ class APGDT(AttackMethod):
 class Square(AttackMethod):
     """Square Attack (Andriushchenko et al. 2020): gradient-free random search with square updates."""
 
-    version = "1"
+    version = "2"
 
     def __init__(self, queries: int = 1000):
         self.queries = queries

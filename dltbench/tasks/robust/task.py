@@ -48,6 +48,9 @@ class RobustConfig:
     apgd_steps: int
     apgd_targets: int
     square_queries: int
+    # Square's p schedule read as fractions of the budget (the reference class's default)
+    # rather than AutoAttack's standard absolute iterations, which are tuned to 5000 queries
+    square_rescale: bool
     pgd_steps: int  # PGD steps for the eps curve and the large-eps sanity check
     large_eps: float  # an eps at which any image can be reached: robust accuracy must be 0
     batch_size: int  # points attacked at once
@@ -55,16 +58,16 @@ class RobustConfig:
 
 _GRID = {
     "quick": dict(dataset="digits", threats=(("linf", 0.1), ("l2", 0.5)), epochs=15, at_steps=3,
-                  n_test=200, apgd_steps=25, apgd_targets=3, square_queries=300, pgd_steps=10,
-                  batch_size=500),
+                  n_test=200, apgd_steps=25, apgd_targets=3, square_queries=300, square_rescale=True,
+                  pgd_steps=10, batch_size=500),
     # MNIST: l_inf 0.3 and l_2 2.0 (Madry et al. 2018; Croce & Hein 2020)
     "standard": dict(dataset="mnist", threats=(("linf", 0.3), ("l2", 2.0)), epochs=20, at_steps=40,
                      n_test=1000, apgd_steps=100, apgd_targets=9, square_queries=5000,
-                     pgd_steps=100, batch_size=500),
+                     square_rescale=False, pgd_steps=100, batch_size=500),
     # RobustBench's CIFAR-10 threat models on its first 10000 test points (the whole test set)
     "paper": dict(dataset="cifar10", threats=(("linf", 8 / 255), ("l2", 0.5)), epochs=100,
                   at_steps=10, n_test=10_000, apgd_steps=100, apgd_targets=9,
-                  square_queries=5000, pgd_steps=100, batch_size=500),
+                  square_queries=5000, square_rescale=False, pgd_steps=100, batch_size=500),
 }  # fmt: skip
 
 
@@ -120,7 +123,9 @@ def test_points(data, config: RobustConfig):
 
 def ensemble_for(config: RobustConfig) -> dict:
     """The standard ensemble at the config's attack budgets."""
-    return default_ensemble(config.apgd_steps, config.apgd_targets, config.square_queries)
+    return default_ensemble(
+        config.apgd_steps, config.apgd_targets, config.square_queries, config.square_rescale
+    )
 
 
 @register_task
@@ -128,7 +133,7 @@ class RobustTask(Task):
     """Defenses: clean and robust accuracy under an AutoAttack-style ensemble (per-sample worst case)."""
 
     name = "robust"
-    version = "1"
+    version = "2"
     description = "robust accuracy of defenses under an attack ensemble at (norm, eps)"
     method_type = DefenseMethod
     protocol = "train"
@@ -234,8 +239,12 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
         "ensemble": {
             "apgd-ce": {"steps": config.apgd_steps, "loss": "ce", "restarts": 1},
             "apgd-t": {"steps": config.apgd_steps, "loss": "targeted dlr", "targets": config.apgd_targets},
-            "square": {"queries": config.square_queries, "loss": "margin"},
+            "square": {"queries": config.square_queries, "loss": "margin", "p_init": 0.8,
+                       "schedule": "halvings after iterations 10, 50, 200, ..., 8000"
+                                   + (" of 10000, rescaled to the budget" if config.square_rescale
+                                      else " (AutoAttack standard, not rescaled)")},
         },
+        "skipped_attacks": res.skipped,
         "robust_definition": "per-sample worst case: correct and every ensemble attack failed",
         "eps_curve": f"PGD, {config.pgd_steps} steps, step 2.5 eps / steps, random start",
         "large_eps": config.large_eps, "budget_tolerance": BUDGET_TOL,
