@@ -84,6 +84,8 @@ def build(
     columns = _columns(task)
     df = pd.DataFrame(rows, columns=[c for c in columns if c != "rank"])
     df = task.adjust_leaderboard(df, records, _checked(load or (lambda name: [])))
+    # A task may drop columns no row of these profiles can have (e.g. other profiles' radii).
+    columns = [c for c in columns if c == "rank" or c in df.columns]
     columns += [c for c in df.columns if c not in columns]
     df = task_rank(task, df)[columns] if len(df) else pd.DataFrame(columns=columns)
     df.attrs["skipped"] = dict(skips)
@@ -184,7 +186,14 @@ def to_markdown(task: Task, df: pd.DataFrame) -> str:
         "|---|---|---|---|",
     ]
     for s in task.metrics:
-        lines.append(f"| `{s.name}` | {s.direction} | {s.unit} | {s.description} |")
+        if df.empty or f"{s.name}_mean" in df.columns:
+            lines.append(f"| `{s.name}` | {s.direction} | {s.unit} | {s.description} |")
+    if "unreachable_radii" in df.columns and df["unreachable_radii"].astype(bool).any():
+        lines += [
+            "",
+            "`-` at a radius listed in `unreachable_radii`: above that row's radius "
+            "ceiling (the estimator cannot certify it with its n), not a measured 0.",
+        ]
     if skipped_line(df):
         lines += ["", skipped_line(df)]
     return "\n".join(lines) + "\n"
@@ -197,10 +206,14 @@ def compact(task: Task, df: pd.DataFrame, tablefmt: str = "simple") -> str:
     out = df[["rank", "method", "profile", *task.setting_keys]].copy()
     out["rank"] = ["" if pd.isna(r) else str(r) for r in df["rank"]]
     for s in task.metrics:
+        if f"{s.name}_mean" not in df.columns:
+            continue
         out[s.name] = [
             _pm(m, sd) for m, sd in zip(df[f"{s.name}_mean"], df[f"{s.name}_std"], strict=True)
         ]
     out["n_seeds"] = df["n_seeds"]
+    if "unreachable_radii" in df.columns:
+        out["unreachable_radii"] = df["unreachable_radii"].fillna("")
     if "excluded_reason" in df.columns:
         out["excluded_reason"] = df["excluded_reason"].fillna("")
     return tabulate(out, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True)

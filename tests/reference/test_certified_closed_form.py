@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom, binomtest, ks_2samp
+from scipy.stats import binom, binomtest, ks_2samp, norm
 from torch import nn
 
 from dltbench.tasks.certified import certify, certify_batch, lower_confidence_bound, predict
@@ -198,3 +198,32 @@ def test_noise_training_beats_clean_training_on_the_quick_profile():
     }
     for sigma in (0.25, 0.5):
         assert acr[("gaussian-aug", sigma)] > acr[("standard", sigma)] + 0.03
+
+
+def test_radius_ceiling_is_the_all_samples_agree_bound():
+    """sigma * Phi^-1(alpha^(1/n)): 0.6755 at the quick profile's n=2000, sigma=0.25 (issue 9)."""
+    from scipy.stats import beta
+
+    from dltbench.tasks.certified.task import radius_ceiling
+
+    assert radius_ceiling(0.25, 2000, 0.001) == pytest.approx(0.6755, abs=1e-4)
+    # It is the radius of the Clopper-Pearson lower bound when all n samples agree.
+    p_lower = beta.ppf(0.001, 2000, 1)
+    assert radius_ceiling(0.5, 2000, 0.001) == pytest.approx(0.5 * norm.ppf(p_lower), rel=1e-9)
+
+
+def test_leaderboard_marks_radii_above_the_ceiling_unreachable():
+    import pandas as pd
+
+    from dltbench.tasks.certified.task import LEADERBOARD_RADII, CertifiedTask
+
+    row = {"method": "m", "profile": "quick", "radius_ceiling_mean": 0.6755}
+    for r in LEADERBOARD_RADII:
+        row[f"certified_acc@{r:g}_mean"], row[f"certified_acc@{r:g}_std"] = 0.0, 0.0
+    out = CertifiedTask().adjust_leaderboard(pd.DataFrame([row]), [], lambda name: [])
+    assert out.loc[0, "unreachable_radii"] == "0.75 1"
+    assert (
+        pd.isna(out.loc[0, "certified_acc@0.75_mean"])
+        and out.loc[0, "certified_acc@0.5_mean"] == 0
+    )
+    assert "certified_acc@2.5_mean" not in out.columns  # a standard-profile column
