@@ -1,8 +1,5 @@
 """asv benchmarks of the robust and attack tasks: leaderboard numbers (track_) and evaluator speed (time_)."""
 
-import os
-import tempfile
-
 import torch
 
 from dltbench.models import SmallCNN
@@ -80,34 +77,3 @@ class TimeEvaluator:
             self.model, self.x, self.y, 0.1, "linf", default_ensemble(25, 3, 300, True),
             torch.Generator().manual_seed(0),
         )  # fmt: skip
-
-
-class TimeQuickRun:
-    """Wall time of each task's whole quick grid, seed 0, in one process (issue 19: ~2 min on 2 cores).
-
-    The attack task starts from an empty reference-defense cache, as a first run does, so
-    each reference defense is trained once (then loaded by the other cells).
-    """
-
-    timeout = 3600
-    number = 1
-    repeat = 1
-    warmup_time = 0
-
-    def setup(self):
-        self._cache = tempfile.TemporaryDirectory()
-        self._env = os.environ.get("DLTBENCH_CACHE_DIR")
-        os.environ["DLTBENCH_CACHE_DIR"] = self._cache.name
-
-    def teardown(self):
-        if self._env is None:
-            os.environ.pop("DLTBENCH_CACHE_DIR", None)
-        else:
-            os.environ["DLTBENCH_CACHE_DIR"] = self._env
-        self._cache.cleanup()
-
-    def time_robust_quick(self):
-        _run("robust", DEFENSES)
-
-    def time_attack_quick(self):
-        _run("attack", TrackAttack.params[0])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from tabulate import tabulate
 
 from . import __version__, leaderboard, registry
 from .api import PROFILES, DataMissing, Result, Task
@@ -117,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every (method, setting, seed) cell of a task, each in its own process "
         "with a timeout, append one record per cell, and rebuild the leaderboard.",
     )  # fmt: skip
-    run.add_argument("--task", required=True, help="task name (see `dltbench list`)")
+    run.add_argument(
+        "--task",
+        required=True,
+        help="task name (see `dltbench list`), or `all`: every task in turn, then each task's wall time",
+    )
     run.add_argument(
         "--method", nargs="+", metavar="M", help="methods to run (default: all registered)"
     )
@@ -287,7 +292,33 @@ def check_run_input(args: argparse.Namespace) -> tuple[int, float, float | None]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Plan cells, skip recorded ones, run the rest, rebuild and print the leaderboard."""
+    """Plan cells, skip recorded ones, run the rest, rebuild and print the leaderboard.
+
+    ``--task all`` runs every registered task in turn and ends with each task's wall time.
+    """
+    if args.task == "all":
+        return _run_all(args)
+    return _run_task(args)
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    if args.method:
+        raise UsageError("--method names one task's methods; use it with one --task, not all")
+    check_run_input(args)
+    registry.discover(None, args.plugin)
+    times, codes = {}, {}
+    for name in registry.task_names():
+        err.print(f"[bold]== {name}[/]")
+        start = time.perf_counter()
+        codes[name] = _run_task(argparse.Namespace(**{**vars(args), "task": name}))
+        times[name] = time.perf_counter() - start
+    rows = [[n, f"{times[n]:.0f}", "ok" if codes[n] == 0 else f"exit {codes[n]}"] for n in times]
+    rows.append(["all", f"{sum(times.values()):.0f}", ""])
+    err.print(tabulate(rows, headers=["task", "wall s", "status"], tablefmt="simple"))
+    return max(codes.values(), default=0)
+
+
+def _run_task(args: argparse.Namespace) -> int:
     jobs, timeout, memory = check_run_input(args)
     registry.discover(args.task, args.plugin)
     task = registry.get_task(args.task)

@@ -1,0 +1,84 @@
+"""What the plugin boundary costs: the same evaluator on a model in this process and on the
+same model behind the oracle in a sandboxed plugin process, in one run, as a ratio."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dltbench import data as datasets
+from dltbench import registry
+from dltbench.models import MLP
+from dltbench.runner import cell_contexts
+from dltbench.sandbox import PluginProcess
+from dltbench.tasks.certified import certify_batch
+
+pytestmark = pytest.mark.benchmark
+PLUGIN = Path(__file__).parent / "plugins" / "fixed_mlp.py"
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(local model, remote oracle of the same weights, plugin process start-up seconds)."""
+    registry.discover("certified", [str(PLUGIN)])
+    task = registry.get_task("certified")
+    config = task.smoke(task.configs("quick")[0])
+    data = datasets.load("digits")
+    _, method_ctx, eval_ctx = cell_contexts(0, torch.device("cpu"), None, lambda *a: None)
+    start = time.perf_counter()
+    plugin = PluginProcess(plugin_files=(str(PLUGIN),), threads=1)
+    plugin.request("init", {"task": "certified", "method": "bench-fixed-mlp", "seed": 0,
+                            "device": "cpu", "plugin_files": [str(PLUGIN)]})  # fmt: skip
+    remote = task.run_plugin(plugin, data, config, eval_ctx)
+    startup = time.perf_counter() - start
+    torch.manual_seed(0)  # the plugin's fixed_mlp(), built here without importing the plugin
+    yield MLP(64, 10).eval(), remote, startup, data
+    plugin.close()
+
+
+def _certify(model, x):
+    gen = torch.Generator().manual_seed(1)
+    return certify_batch(model, x, 0.25, 100, 2000, 0.001, 4000, gen)
+
+
+def test_boundary_cost_of_certify(models, benchmark):
+    """CERTIFY (n0=100, n=2000, batch 4000) on 20 digits: local model vs the remote oracle."""
+    local, remote, startup, data = models
+    x = data.test.x[:20]
+    torch.set_num_threads(1)
+    a, b = _certify(local, x), _certify(remote, x)
+    assert (a[0] == b[0]).all() and abs(a[1] - b[1]).max() < 1e-9  # same answers
+    t0 = time.perf_counter()
+    _certify(local, x)
+    t_local = time.perf_counter() - t0
+    benchmark.pedantic(_certify, args=(remote, x), rounds=3, iterations=1)
+    t_remote = benchmark.stats.stats.mean
+    benchmark.extra_info.update(local_s=t_local, remote_s=t_remote, ratio=t_remote / t_local,
+                                worker_startup_s=startup)  # fmt: skip
+    print(f"\ncertify 20 pts: local {t_local:.3f}s remote {t_remote:.3f}s "
+          f"ratio {t_remote / t_local:.2f}x; plugin process start-up {startup:.2f}s")  # fmt: skip
+
+
+def test_boundary_cost_of_small_calls(models, benchmark):
+    """A sampler-sized query: 1000 forwards of (4, 64) inputs, local vs remote (round trips)."""
+    local, remote, _, _ = models
+    x = torch.rand(4, 1, 8, 8)
+
+    def loop(model):
+        with torch.no_grad():
+            for _ in range(1000):
+                model(x)
+
+    t0 = time.perf_counter()
+    loop(local)
+    t_local = time.perf_counter() - t0
+    benchmark.pedantic(loop, args=(remote,), rounds=3, iterations=1)
+    t_remote = benchmark.stats.stats.mean
+    benchmark.extra_info.update(local_s=t_local, remote_s=t_remote, per_call_us=1e3 * t_remote)
+    print(
+        f"\n1000 small calls: local {t_local:.3f}s remote {t_remote:.3f}s "
+        f"({1e3 * t_remote:.0f} us per round trip)"
+    )
