@@ -371,9 +371,7 @@ def task_source_hash(cls: type[Task]) -> str:
     """sha256 of the evaluator's code: the task's package and the shared data and model code."""
     pkg = Path(inspect.getfile(cls)).resolve().parent
     here = Path(__file__).resolve().parent
-    files = sorted(pkg.glob("*.py")) + [
-        here / "models.py", here / "data" / "__init__.py", here / "oracle.py",
-    ]  # fmt: skip
+    files = sorted(pkg.glob("*.py")) + [here / "models.py", here / "data" / "__init__.py"]
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
