@@ -161,6 +161,22 @@ class Task(ABC):
         """A tiny version of ``config`` for ``dltbench validate`` and tests."""
         return config
 
+    #: Config fields that count the scored test points, in the order they are looked for.
+    test_size_fields: ClassVar[tuple[str, ...]] = ("max_test_points", "n_test")
+
+    def limit(self, config: Any, n: int) -> Any:
+        """``config`` scoring at most ``n`` test points (``run --limit``, a fast first look).
+
+        Raises ValueError if the task has no test-point count (e.g. a sampler's targets).
+        """
+        for name in self.test_size_fields:
+            current = getattr(config, name, None)
+            if isinstance(current, int) and dataclasses.is_dataclass(config):
+                # 0 means "all" for some tasks: a limit then sets the count outright.
+                value = n if current <= 0 else min(current, n)
+                return dataclasses.replace(config, **{name: value})
+        raise ValueError(f"task {self.name!r} has no test points to limit (--limit)")
+
     def check_data(self, config: Any, data_dir: Path | None) -> None:
         """Raise DataMissing (saying what to put where) if ``config``'s data is not available."""
         return None

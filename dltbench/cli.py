@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny configs (seconds): check a pipeline, not a result",
     )
+    run.add_argument(
+        "--limit", type=int, metavar="N",
+        help="score at most N test points per cell: a fast first look, recorded under its own "
+        "profile name (e.g. quick-limit50) so it never mixes into the real rows",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     lb = sub.add_parser(
@@ -337,7 +342,9 @@ def _run_task(args: argparse.Namespace) -> int:
         results_dir=args.results_dir, data_dir=args.data_dir, plugin_files=tuple(args.plugin),
         memory_mb=memory,
     )  # fmt: skip
-    cells = plan(task, methods, args.profile, seeds, smoke=args.smoke)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be a positive number of test points, got {args.limit}")
+    cells = plan(task, methods, args.profile, seeds, smoke=args.smoke, limit=args.limit)
     for cfg in dict.fromkeys(c.config for c in cells):
         task.check_data(cfg, args.data_dir)
     todo, kept = pending_cells(task, cells, opts)

@@ -93,12 +93,23 @@ def parse_duration(text: str) -> float:
 
 
 def plan(
-    task: Task, methods: list[str], profile: str, seeds: list[int], smoke: bool = False
+    task: Task,
+    methods: list[str],
+    profile: str,
+    seeds: list[int],
+    smoke: bool = False,
+    limit: int | None = None,
 ) -> list[Cell]:
-    """All cells of a run, settings outermost so that a setting's methods finish together."""
+    """All cells of a run, settings outermost so that a setting's methods finish together.
+
+    ``smoke`` and ``limit`` (at most that many test points) are recorded under their own
+    profile name (``quick-smoke``, ``quick-limit50``), so they never mix into real rows.
+    """
     configs = task.configs(profile)
-    if smoke:  # recorded under their own profile name so they never mix into real rows
+    if smoke:
         configs, profile = [task.smoke(c) for c in configs], f"{profile}-smoke"
+    if limit is not None:
+        configs, profile = [task.limit(c, limit) for c in configs], f"{profile}-limit{limit}"
     return [Cell(task.name, m, profile, cfg, s) for cfg in configs for m in methods for s in seeds]
 
 

@@ -199,3 +199,16 @@ def test_seeds_fix_numpy_and_python_global_streams_too():
         seed_globals(seed)
         draws.append((np.random.rand(), random.random()))
     assert draws[0] == draws[2] and draws[0] != draws[1]
+
+
+def test_limit_caps_test_points_and_labels_the_profile():
+    from dltbench import registry
+    from dltbench.runner import plan
+
+    registry.discover("certified")
+    cells = plan(registry.get_task("certified"), ["standard"], "quick", [0], limit=7)
+    assert {c.profile for c in cells} == {"quick-limit7"}
+    assert {c.config.max_test_points for c in cells} == {7}
+    registry.discover("sampler")
+    with pytest.raises(ValueError, match="no test points"):
+        plan(registry.get_task("sampler"), ["rwm"], "quick", [0], limit=7)
