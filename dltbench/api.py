@@ -205,7 +205,7 @@ class Task(ABC):
         harness-side accounting around the plugin's run (e.g. a sampler's cost ledger).
         """
         reply = plugin.request("fit", self.train_view(data, config), config)
-        if self.artifact_kind == "value":
+        if self.artifact_kind == "value" or not getattr(plugin, "remote", True):
             return reply
         return RemoteArtifact.from_reply(plugin.endpoint, reply, ctx.device)
 

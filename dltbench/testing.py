@@ -13,6 +13,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import registry
 from .api import PROFILES
@@ -72,6 +73,45 @@ def check_method(
         else ", ".join(f"{k}={v:.4g}" for k, v in list(result.metrics.items())[:3] if v is not None),
     ))  # fmt: skip
     return checks
+
+
+class InProcessPlugin:
+    """Stands in for :class:`dltbench.sandbox.PluginProcess` when the method is trusted code
+    in this process (unit tests, notebooks, debugging): ``task.run_plugin`` then calls the
+    method here, on the same training view, with the same harness-side accounting.
+
+    It gives no isolation at all: never use it for code you did not write.
+    """
+
+    remote = False
+
+    def __init__(self, task: Any, method: Any, ctx: Any):
+        self.task, self.method, self.ctx = task, method, ctx
+        self.method_info = {"requires": tuple(getattr(method, "requires", ()))}
+
+    def request(self, op: str, view: Any, config: Any) -> Any:
+        """Only ``fit``: the method on ``view``, with exposed objects handed over as they are."""
+        if op != "fit":
+            raise ValueError(f"an in-process plugin only fits, not {op!r}")
+        return self.task.fit(self.method, _unwrap(view), config, self.ctx)
+
+
+def _unwrap(v: Any) -> Any:
+    from .oracle import Exposed
+
+    if isinstance(v, Exposed):
+        return v.obj
+    if isinstance(v, dict):
+        return {k: _unwrap(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_unwrap(x) for x in v)
+    return v
+
+
+def fit_in_process(task: Any, method: Any, data: Any, config: Any, method_ctx: Any,
+                   eval_ctx: Any) -> Any:  # fmt: skip
+    """The artifact ``task.evaluate`` expects, from a trusted ``method`` run in this process."""
+    return task.run_plugin(InProcessPlugin(task, method, method_ctx), data, config, eval_ctx)
 
 
 def assert_conforms(task_name: str, method_name: str) -> None:

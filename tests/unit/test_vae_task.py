@@ -53,7 +53,7 @@ def test_method_view_has_no_test_split_nor_class_prior(data, config):
             seen["d"] = d
             return None
 
-    TASK.fit(Spy(), data, config, Context(0, CPU))
+    TASK.fit(Spy(), TASK.train_view(data, config), config, Context(0, CPU))
     assert seen["d"].test is None and seen["d"].label_prior is None
 
 

@@ -37,7 +37,7 @@ from torch import nn
 from ... import data as datasets
 from ... import registry
 from ...api import Context, Evaluation, Method, MetricSpec, Task
-from ...oracle import Exposed, MethodGenerator
+from ...oracle import Exposed, MethodGenerator, RemoteObject
 from ...registry import register_task
 from .evaluate import BUDGET_TOL, CountingModel, model_fingerprint, verify_perturbation
 from .task import RobustConfig, RobustTask, check_model, robust_configs, smoke_config, test_points
@@ -204,6 +204,23 @@ def _reference_model(name, data, config, ctx, use_cache):
     return model, False
 
 
+def _perturber(artifact, counted: nn.Module, config: AttackConfig, ctx: Context):
+    """``perturb(x, y)`` of the attack being scored, on the counted model.
+
+    A plugin's attack (an oracle of an object in its process) calls the model back
+    through an allow-listed handle and draws from its own stream; an attack object
+    handed to :meth:`AttackTask.evaluate` directly (library use: trusted code in this
+    process) is called as it is, with a generator of the evaluation's stream.
+    """
+    if isinstance(artifact, RemoteObject):
+        ref = artifact.share(Exposed(counted, frozenset({"__call__"}), grad=True))
+        return lambda x, y: artifact.call(
+            "perturb", ref, x, y, config.eps, config.norm, MethodGenerator()
+        )
+    gen = ctx.device_generator()
+    return lambda x, y: artifact.perturb(counted, x, y, config.eps, config.norm, gen)
+
+
 @register_task
 class AttackTask(Task):
     """Attacks: robust accuracy they leave on reference defenses at fixed (norm, eps), and their cost."""
@@ -268,16 +285,13 @@ class AttackTask(Task):
             # The attack runs in the plugin process and reaches this model only through
             # the oracle: logits and input gradients, counted here.
             counted = CountingModel(copy.deepcopy(model)).eval()
-            model_ref = artifact.share(Exposed(counted, frozenset({"__call__"}), grad=True))
+            perturb = _perturber(artifact, counted, config, ctx)
             idx = clean.nonzero().flatten()
             for s in range(0, len(idx), config.batch_size):
                 b = idx[s : s + config.batch_size]
                 ctx.progress(f"attack {name}", s, len(idx))
                 start = time.perf_counter()
-                xa = artifact.call(
-                    "perturb", model_ref, x[b].clone(), y[b].clone(), config.eps, config.norm,
-                    MethodGenerator(),
-                )  # fmt: skip
+                xa = perturb(x[b].clone(), y[b].clone())
                 seconds += time.perf_counter() - start
                 xa = verify_perturbation(
                     xa, x[b], config.eps, config.norm, who=f"the attack (on {name})"
