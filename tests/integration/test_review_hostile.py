@@ -1,0 +1,122 @@
+"""Review findings (hostile plugin author): each test FAILS today and should pass once
+the finding is fixed. Repro plugins live in ``plugins/review_*.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from dltbench import registry
+from dltbench.oracle import ProtocolError, decode, encode
+from dltbench.runner import RunOptions, plan, run_cells
+from dltbench.sandbox import bwrap_version
+
+HERE = Path(__file__).parent / "plugins"
+STATEFUL = str(HERE / "review_stateful.py")
+SABOTAGE = str(HERE / "review_sabotage.py")
+SPOOF = str(HERE / "review_hash_spoof.py")
+ENTROPY = "5eed" * 8
+
+needs_bwrap = pytest.mark.skipif(bwrap_version() is None, reason="bubblewrap is not usable here")
+
+
+def _run(task_name, methods, tmp_path, plugins, **cfg):
+    for p in plugins:
+        registry.discover(task_name, [p])
+    task = registry.get_task(task_name)
+    cells = plan(task, methods, "quick", [0], smoke=True)[: len(methods)]
+    cells = [dataclasses.replace(c, config=dataclasses.replace(c.config, **cfg)) for c in cells]
+    opts = RunOptions(
+        device="cpu", results_dir=tmp_path / "results", timeout_s=600, eval_entropy=ENTROPY,
+        plugin_files=tuple(plugins), jobs=1,
+    )  # fmt: skip
+    return {r.method: r for r in run_cells(task, cells, opts)}
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_certified_base_classifier_cannot_pool_its_batch(tmp_path):
+    """A base classifier that averages a row with its batch neighbours (CERTIFY's n noisy
+    copies of one point) must not beat its honest twin: the certificate assumes f is
+    applied to each noisy input on its own."""
+    res = _run("certified", ["review-twin", "review-batch-denoise"], tmp_path, [STATEFUL],
+               max_test_points=6, n=100, n0=20, n_predict=50)  # fmt: skip
+    twin, cheat = res["review-twin"], res["review-batch-denoise"]
+    assert twin.status == "ok", twin.error
+    assert cheat.status == "invalid" or cheat.metrics["acr"] <= twin.metrics["acr"] + 1e-9, (
+        twin.metrics["acr"], cheat.metrics["acr"],
+    )  # fmt: skip
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_robust_defense_cannot_remember_the_clean_queries(tmp_path):
+    """A defense that answers any input within eps of a remembered clean query with that
+    query's logits must not be ranked above its honest twin (or must be flagged)."""
+    res = _run("robust", ["review-robust-twin", "review-memory"], tmp_path, [STATEFUL])
+    twin, cheat = res["review-robust-twin"], res["review-memory"]
+    assert twin.status == "ok", twin.error
+    flagged = cheat.status == "invalid" or cheat.metrics.get("masking_flags", 0) > 0
+    assert flagged or cheat.metrics["robust_acc"] <= twin.metrics["robust_acc"] + 1e-9, (
+        twin.metrics["robust_acc"], cheat.metrics,
+    )  # fmt: skip
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_a_plugin_file_cannot_change_another_methods_numbers(tmp_path):
+    """The built-in ``standard`` cell must score the same with an unrelated --plugin file
+    in the run as without it (each worker should import only its own method's code)."""
+    kw = dict(max_test_points=6, n=100, n0=20, n_predict=50)
+    alone = _run("certified", ["standard"], tmp_path / "a", [], **kw)["standard"]
+    mixed = _run("certified", ["standard"], tmp_path / "b", [SABOTAGE], **kw)["standard"]
+    assert alone.status == mixed.status == "ok"
+    assert mixed.method_source_hash == alone.method_source_hash  # the record looks the same...
+    assert mixed.metrics["base_clean_acc"] == alone.metrics["base_clean_acc"]  # ...but is not
+
+
+@needs_bwrap
+def test_plugin_source_hash_is_computed_by_the_harness():
+    """The record's method_source_hash of a file plugin must not be the plugin's choice."""
+    registry.load_plugin_file(SPOOF)
+    stub = registry.get_method_class("certified", "review-spoofed-hash")
+    own = hashlib.sha256(Path(SPOOF).read_text().encode()).hexdigest()[:16]
+    assert registry.source_hash(stub) == own
+
+
+def test_minibatch_grad_charges_what_it_computes():
+    """``minibatch_grad`` with ``idx=(arange(n),)`` (a tuple crosses the boundary) is charged
+    one data point but evaluates all n: a full gradient must cost at least one evaluation."""
+    from dltbench.tasks.sampler.catalog import make_target
+    from dltbench.tasks.sampler.targets import LEDGER, TargetView, evaluation_cost
+
+    target = make_target("logreg-iris", "cpu")
+    view, n = TargetView(target), target.n_data
+    x = target.init(1, torch.Generator().manual_seed(0))
+    every = decode(encode((torch.arange(n),)))  # what the plugin's tuple becomes here
+    none = decode(encode((torch.zeros(0, dtype=torch.long),)))
+    LEDGER.clear()
+    try:
+        full = (view.minibatch_grad(x, every) - view.minibatch_grad(x, none)) / n
+        full = full + view.minibatch_grad(x, none)
+    except (TypeError, ValueError, IndexError):
+        return  # refused: fixed
+    cost = evaluation_cost(dict(LEDGER), target.dim, n)
+    exact = torch.allclose(full, target._grad(x))
+    assert not exact or cost >= 1.0, (cost, exact)
+
+
+def test_decode_bounds_the_header_a_plugin_can_send():
+    """A small frame must not make the harness build a huge object: the JSON header (whose
+    size the harness only bounds by MAX_MESSAGE = 2 GiB) needs its own, much lower, cap."""
+    # ~1.8 MB of "[]," decode to ~80 MB of empty lists (x43); 2 GiB would be ~90 GB
+    header = json.dumps({"v": ["rep", [[]] * 600_000], "sizes": []}).encode()
+    frame = struct.pack("<I", len(header)) + header
+    with pytest.raises(ProtocolError):
+        decode(frame)
