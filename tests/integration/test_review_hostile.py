@@ -120,3 +120,52 @@ def test_decode_bounds_the_header_a_plugin_can_send():
     frame = struct.pack("<I", len(header)) + header
     with pytest.raises(ProtocolError):
         decode(frame)
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_vae_decoder_cannot_see_what_the_encoder_saw(tmp_path):
+    """A decoder that answers with the encoder's last input must not beat its honest twin
+    on the IWAE bound (encode and decode share one process and its memory)."""
+    res = _run("vae", ["review-vae-twin", "review-vae-peek"], tmp_path, [STATEFUL])
+    twin, cheat = res["review-vae-twin"], res["review-vae-peek"]
+    assert twin.status == "ok", twin.error
+    assert cheat.status == "invalid" or cheat.metrics["iwae"] <= twin.metrics["iwae"] + 1e-9, (
+        twin.metrics["iwae"], cheat.metrics["iwae"],
+    )  # fmt: skip
+
+
+def test_vae_decoder_must_be_a_distribution_over_binary_pixels():
+    """Binary data need a pmf: a ContinuousBernoulli decoder (a *density* on [0, 1], which
+    crosses the boundary and passes the checks) with the same logits adds at least
+    D log 2 nats to every log p(x|z), so the "likelihood" of an unchanged network rises."""
+    from types import SimpleNamespace
+
+    from torch.distributions import ContinuousBernoulli, Independent
+
+    from dltbench.api import InvalidArtifact
+    from dltbench.tasks.vae.checks import check_model
+    from dltbench.tasks.vae.nets import MLPVAE
+
+    class DensityDecoder(MLPVAE):
+        def decode(self, z, y=None):
+            return Independent(ContinuousBernoulli(logits=self.decoder(z)), 1)
+
+    torch.manual_seed(0)
+    model = DensityDecoder(64, 4, (16,))
+    x = (torch.rand(8, 64) < 0.3).float()
+    data = SimpleNamespace(test=SimpleNamespace(x=x, y=torch.zeros(8, dtype=torch.long)))
+    honest = MLPVAE.decode(model, torch.zeros(8, 4)).log_prob(x)
+    assert (model.decode(torch.zeros(8, 4)).log_prob(x) - honest).min() >= 64 * 0.69
+    with pytest.raises(InvalidArtifact):
+        check_model(model, data, torch.device("cpu"), torch.Generator().manual_seed(0))
+
+
+def test_diffusion_schedule_from_a_plugin_must_have_decreasing_log_snr():
+    """LinearSchedule(beta_min=20, beta_max=-5) is accepted, but its log-SNR rises on
+    t > 0.8: the VLB's KL terms there are negative, and a model that predicts x0 = 1e6
+    at those t gets a VLB of about -2e8 nats (any value it likes)."""
+    from dltbench.tasks.diffusion.schedules import schedule_from_state
+
+    with pytest.raises(ValueError):
+        schedule_from_state({"type": "LinearSchedule", "beta_min": 20.0, "beta_max": -5.0})

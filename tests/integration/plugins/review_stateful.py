@@ -129,3 +129,57 @@ class TupleMinibatchULA(SamplerMethod):
             x = x + h * grad(x) + (2 * h) ** 0.5 * noise
             out.append(x)
         return torch.stack(out, 1)
+
+
+# --------------------------------------------------------------------------- vae
+
+
+class _PeekingVAE(nn.Module):
+    """The twin's VAE whose decoder answers with the last batch the encoder saw.
+
+    The evaluator calls ``decode`` on z drawn for the batch it just encoded (z's rows are
+    that batch tiled), so a decoder that remembers the encoder's input puts almost all
+    of p(x|z)'s mass on the test point itself: log p(x|z) ~ 0 instead of ~ -60 nats.
+    """
+
+    def __init__(self, honest: nn.Module):
+        super().__init__()
+        self.honest, self.last = honest, None
+
+    def encode(self, x, *y):
+        """The honest q(z|x); remembers x."""
+        self.last = x.detach().clone()
+        return self.honest.encode(x, *y)
+
+    def decode(self, z, *y):
+        """Bernoulli logits +-30 at the remembered x when z's rows tile it, else honest."""
+        honest = self.honest.decode(z, *y)
+        if self.last is None or len(z) % len(self.last):
+            return honest
+        x = self.last.repeat(len(z) // len(self.last), 1)
+        return torch.distributions.Independent(
+            torch.distributions.Bernoulli(logits=30.0 * (2 * x - 1)), 1
+        )
+
+    def prior(self, *y):
+        """The honest prior."""
+        return self.honest.prior(*y)
+
+
+def _vae_methods():
+    from dltbench.tasks.vae.methods import VAE
+
+    @dltbench.register_method(task="vae", name="review-vae-twin")
+    class VAETwin(VAE):
+        """Honest twin: the built-in VAE."""
+
+    @dltbench.register_method(task="vae", name="review-vae-peek")
+    class VAEPeek(VAE):
+        """The twin's VAE with a decoder that remembers the encoder's last input."""
+
+        def train(self, data, config, ctx):
+            """Train as the twin, then wrap."""
+            return _PeekingVAE(super().train(data, config, ctx))
+
+
+_vae_methods()
