@@ -169,3 +169,63 @@ def test_diffusion_schedule_from_a_plugin_must_have_decreasing_log_snr():
 
     with pytest.raises(ValueError):
         schedule_from_state({"type": "LinearSchedule", "beta_min": 20.0, "beta_max": -5.0})
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_a_progress_flood_does_not_outlive_the_timeout(tmp_path):
+    """Every progress message is decoded, forwarded to the run's parent and drained in a
+    ``while conn.poll()`` loop that checks no deadline: the cell must still time out."""
+    import signal
+    import time
+
+    def too_long(*_):
+        raise TimeoutError("run_cells outlived the cell's timeout by 60 s")
+
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(65)
+    start = time.monotonic()
+    try:
+        flood = str(HERE / "review_flood.py")
+        registry.discover("certified", [flood])
+        task = registry.get_task("certified")
+        cells = plan(task, ["review-progress-flood"], "quick", [0], smoke=True)[:1]
+        opts = RunOptions(device="cpu", results_dir=tmp_path / "r", timeout_s=5,
+                          plugin_files=(flood,), jobs=1)  # fmt: skip
+        seen, began = [], []
+        (rec,) = run_cells(task, cells, opts, on_progress=lambda *a: seen.append(a[2]),
+                           on_start=lambda c: began.append(time.monotonic()))  # fmt: skip
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert rec.status == "timeout"
+    overrun = time.monotonic() - began[0] - opts.timeout_s  # the deadline is set at on_start
+    assert overrun < 5, (overrun, len(seen), time.monotonic() - start)
+
+
+@needs_bwrap
+def test_sandbox_hides_datasets_inside_package_archives(tmp_path):
+    """The sandbox hides scikit-learn's ``datasets/data`` folder, but it binds all of /opt,
+    /etc and every site-packages root: a wheel of scikit-learn there (a local package
+    index, a wheel cache) still holds digits.csv.gz, and digits' test split is a pure
+    function of public code (dltbench.data.digits)."""
+    import subprocess
+    import sys
+
+    from dltbench.sandbox import bwrap_command
+
+    args, pythonpath = bwrap_command(tmp_path, (), ())
+    probe = (
+        "import glob, zipfile\n"
+        "roots = ['/opt', '/etc', *__import__('sys').path]\n"
+        "hits = [w for r in roots if r\n"
+        "        for w in glob.glob(r + '/**/scikit_learn-*.whl', recursive=True)\n"
+        "        if 'sklearn/datasets/data/digits.csv.gz' in zipfile.ZipFile(w).namelist()]\n"
+        "print('\\n'.join(sorted(set(hits))))\n"
+    )
+    out = subprocess.run(
+        [*args, sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": ":".join(pythonpath), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"digits readable in the sandbox from:\n{out.stdout}"
