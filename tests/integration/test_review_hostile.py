@@ -26,6 +26,12 @@ ENTROPY = "5eed" * 8
 needs_bwrap = pytest.mark.skipif(bwrap_version() is None, reason="bubblewrap is not usable here")
 
 
+def finding(why: str):
+    """An open review finding: the test fails today (xfail, strict: a fix makes it XPASS,
+    which fails the run until the marker is removed)."""
+    return pytest.mark.xfail(strict=True, reason=f"review finding: {why}")
+
+
 def _run(task_name, methods, tmp_path, plugins, **cfg):
     for p in plugins:
         registry.discover(task_name, [p])
@@ -41,6 +47,7 @@ def _run(task_name, methods, tmp_path, plugins, **cfg):
 
 @needs_bwrap
 @pytest.mark.slow
+@finding("certified base classifier pools its batch")
 def test_certified_base_classifier_cannot_pool_its_batch(tmp_path):
     """A base classifier that averages a row with its batch neighbours (CERTIFY's n noisy
     copies of one point) must not beat its honest twin: the certificate assumes f is
@@ -56,6 +63,7 @@ def test_certified_base_classifier_cannot_pool_its_batch(tmp_path):
 
 @needs_bwrap
 @pytest.mark.slow
+@finding("stateful defense remembers clean queries")
 def test_robust_defense_cannot_remember_the_clean_queries(tmp_path):
     """A defense that answers any input within eps of a remembered clean query with that
     query's logits must not be ranked above its honest twin (or must be flagged)."""
@@ -70,6 +78,7 @@ def test_robust_defense_cannot_remember_the_clean_queries(tmp_path):
 
 @needs_bwrap
 @pytest.mark.slow
+@finding("every plugin file is imported in every cell")
 def test_a_plugin_file_cannot_change_another_methods_numbers(tmp_path):
     """The built-in ``standard`` cell must score the same with an unrelated --plugin file
     in the run as without it (each worker should import only its own method's code)."""
@@ -81,7 +90,7 @@ def test_a_plugin_file_cannot_change_another_methods_numbers(tmp_path):
     assert mixed.metrics["base_clean_acc"] == alone.metrics["base_clean_acc"]  # ...but is not
 
 
-@needs_bwrap
+@finding("source hash reported by the worker")
 def test_plugin_source_hash_is_computed_by_the_harness():
     """The record's method_source_hash of a file plugin must not be the plugin's choice."""
     registry.load_plugin_file(SPOOF)
@@ -90,6 +99,7 @@ def test_plugin_source_hash_is_computed_by_the_harness():
     assert registry.source_hash(stub) == own
 
 
+@finding("tuple idx in minibatch_grad")
 def test_minibatch_grad_charges_what_it_computes():
     """``minibatch_grad`` with ``idx=(arange(n),)`` (a tuple crosses the boundary) is charged
     one data point but evaluates all n: a full gradient must cost at least one evaluation."""
@@ -112,6 +122,7 @@ def test_minibatch_grad_charges_what_it_computes():
     assert not exact or cost >= 1.0, (cost, exact)
 
 
+@finding("unbounded JSON header")
 def test_decode_bounds_the_header_a_plugin_can_send():
     """A small frame must not make the harness build a huge object: the JSON header (whose
     size the harness only bounds by MAX_MESSAGE = 2 GiB) needs its own, much lower, cap."""
@@ -124,6 +135,7 @@ def test_decode_bounds_the_header_a_plugin_can_send():
 
 @needs_bwrap
 @pytest.mark.slow
+@finding("decoder remembers the encoder's input")
 def test_vae_decoder_cannot_see_what_the_encoder_saw(tmp_path):
     """A decoder that answers with the encoder's last input must not beat its honest twin
     on the IWAE bound (encode and decode share one process and its memory)."""
@@ -135,6 +147,7 @@ def test_vae_decoder_cannot_see_what_the_encoder_saw(tmp_path):
     )  # fmt: skip
 
 
+@finding("density decoder on binary data")
 def test_vae_decoder_must_be_a_distribution_over_binary_pixels():
     """Binary data need a pmf: a ContinuousBernoulli decoder (a *density* on [0, 1], which
     crosses the boundary and passes the checks) with the same logits adds at least
@@ -161,6 +174,7 @@ def test_vae_decoder_must_be_a_distribution_over_binary_pixels():
         check_model(model, data, torch.device("cpu"), torch.Generator().manual_seed(0))
 
 
+@finding("non-monotone schedule")
 def test_diffusion_schedule_from_a_plugin_must_have_decreasing_log_snr():
     """LinearSchedule(beta_min=20, beta_max=-5) is accepted, but its log-SNR rises on
     t > 0.8: the VLB's KL terms there are negative, and a model that predicts x0 = 1e6
@@ -204,6 +218,7 @@ def test_a_progress_flood_does_not_outlive_the_timeout(tmp_path):
 
 
 @needs_bwrap
+@pytest.mark.xfail(strict=False, reason="review finding: wheels under /opt (host-specific)")
 def test_sandbox_hides_datasets_inside_package_archives(tmp_path):
     """The sandbox hides scikit-learn's ``datasets/data`` folder, but it binds all of /opt,
     /etc and every site-packages root: a wheel of scikit-learn there (a local package
