@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from tabulate import tabulate
 
@@ -494,8 +495,11 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
             thread.join()
 
 
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+def _first_line(text: str | None, limit: int = 300) -> str:
+    """The first line of an error, shortened and with rich markup escaped: a plugin's error
+    text must not restyle or fake the console's output."""
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return escape(line[:limit] + ("..." if len(line) > limit else ""))
 
 
 def _filter(task: Task, df, args: argparse.Namespace):

@@ -49,7 +49,6 @@ _DTYPES = {
 _DISTRIBUTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "Normal": (torch.distributions.Normal, ("loc", "scale")),
     "Bernoulli": (torch.distributions.Bernoulli, ("logits",)),
-    "ContinuousBernoulli": (torch.distributions.ContinuousBernoulli, ("logits",)),
     "Categorical": (torch.distributions.Categorical, ("logits",)),
     "Laplace": (torch.distributions.Laplace, ("loc", "scale")),
     "LowRankMultivariateNormal": (
@@ -67,6 +66,9 @@ def register_distribution(cls: type, params: tuple[str, ...]) -> None:
 
 #: Largest message the harness accepts from a plugin (bytes): bounds its memory use.
 MAX_MESSAGE = 2**31
+#: Largest JSON header of a message (bytes): a small header of empty lists must not
+#: expand into gigabytes of Python objects in the harness.
+MAX_HEADER = 2**20
 
 
 class ProtocolError(InvalidArtifact):
@@ -182,6 +184,8 @@ def decode(frame: bytes | memoryview, refs: bool = False) -> Any:
     """
     try:
         (hlen,) = struct.unpack_from("<I", frame, 0)
+        if hlen > MAX_HEADER:
+            raise ProtocolError(f"message header of {hlen} bytes (at most {MAX_HEADER})")
         header = json.loads(bytes(frame[4 : 4 + hlen]))
         sizes = header["sizes"]
         if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
@@ -585,6 +589,8 @@ class RemoteModule(RemoteObject):
         self._check, self.dtype, self.device = check, dtype, torch.device(device)
         self.forwards = self.backwards = 0
         self.training = False
+        #: Re-asks a few rows of some answers of a fresh copy of the artifact (see Auditor).
+        self.auditor: Auditor | None = None
 
     def _checked(self, method: str, args: tuple, out: Any) -> Any:
         out = _to_device(out, self.device)
@@ -593,6 +599,8 @@ class RemoteModule(RemoteObject):
             out = out if res is None else res
         if isinstance(out, torch.Tensor) and out.dim():
             self.forwards += int(out.shape[0])
+        if self.auditor is not None:
+            self.auditor.maybe(method, args, out)
         return out
 
     def __call__(self, *args: Any) -> Any:
@@ -636,6 +644,103 @@ class RemoteModule(RemoteObject):
     def requires_grad_(self, flag: bool = True) -> RemoteModule:
         """No-op: the harness never trains a remote model."""
         return self
+
+
+class Auditor:
+    """Spot checks that a remote artifact answers each input row on its own, from its trained
+    state only: a few rows of some answers are asked again, alone, of a fresh copy of the
+    artifact restored from a snapshot taken right after training (in another plugin
+    process that has seen no query). A model that pools a batch (denoising CERTIFY's noisy
+    copies of one point), remembers earlier queries (the clean test points before their
+    perturbations), or lets one method see another's inputs answers differently there;
+    the cell is then ``invalid``. Which rows and when is drawn from the evaluation's
+    stream, after the answer was given.
+    """
+
+    def __init__(
+        self,
+        fresh: RemoteModule,
+        generator: torch.Generator,
+        rate: float = 0.05,
+        rows: int = 4,
+        max_audits: int = 200,
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+    ):
+        self.fresh, self.gen = fresh, generator
+        self.rate, self.rows, self.max_audits, self.rtol, self.atol = (
+            rate,
+            rows,
+            max_audits,
+            rtol,
+            atol,
+        )
+        self.audits = 0
+        self.calls = 0
+
+    def maybe(self, method: str, args: tuple, out: Any) -> None:
+        """Audit this answer with probability ``rate`` (always the first one)."""
+        self.calls += 1
+        if self.audits >= self.max_audits:
+            return
+        n = next((len(a) for a in args if isinstance(a, torch.Tensor) and a.dim()), 0)
+        if n == 0:
+            return
+        first = self.audits == 0
+        if not first and float(torch.rand((), generator=self.gen)) >= self.rate:
+            return
+        self.audits += 1
+        idx = torch.randperm(n, generator=self.gen)[: self.rows]
+        sub = [
+            a.detach()[idx.to(a.device)] if isinstance(a, torch.Tensor) and a.dim() and len(a) == n
+            else a
+            for a in args
+        ]  # fmt: skip
+        with torch.no_grad():
+            again = self.fresh.call(method, *sub)
+        mine = [
+            (k, t[idx.to(t.device)] if t.dim() and len(t) == n else t) for k, t in _tensors(out)
+        ]
+        theirs = _tensors(again)
+        if [k for k, _ in mine] != [k for k, _ in theirs]:
+            raise InvalidArtifact(
+                f"audit: {method} answers a batch of {n} and a batch of its own rows in "
+                "different forms: answers must depend only on their own input row"
+            )
+        for (name, a), (_, b) in zip(mine, theirs, strict=True):
+            a, b = a.detach().double().cpu(), b.detach().double().cpu()
+            if a.shape != b.shape or not torch.allclose(
+                a, b, rtol=self.rtol, atol=self.atol, equal_nan=True
+            ):
+                diff = float((a - b).abs().max()) if a.shape == b.shape else float("inf")
+                raise InvalidArtifact(
+                    f"audit: {method}'s {name} for rows {idx.tolist()} of a batch of {n} differs "
+                    f"(max |diff| {diff:.3g}) when the same rows are asked alone of a fresh copy "
+                    "of the trained artifact: answers must depend only on their own input row, "
+                    "not on the rest of the batch or on earlier queries"
+                )
+
+    def summary(self) -> dict[str, Any]:
+        """For the record's estimator: how many answers were audited, and how."""
+        return {"audited_calls": self.audits, "calls": self.calls, "rows_per_audit": self.rows,
+                "rate": self.rate, "rtol": self.rtol, "atol": self.atol}  # fmt: skip
+
+
+def _tensors(v: Any, name: str = "answer") -> list[tuple[str, torch.Tensor]]:
+    """The tensors an answer is compared by: itself, or a distribution's mean and variance."""
+    if isinstance(v, torch.Tensor):
+        return [(name, v)]
+    if isinstance(v, torch.distributions.Distribution):
+        out = []
+        for attr in ("mean", "variance"):
+            try:
+                out.append((f"{name}.{attr}", getattr(v, attr)))
+            except (NotImplementedError, ValueError):
+                continue
+        return out
+    if isinstance(v, (list, tuple)):
+        return [t for i, x in enumerate(v) for t in _tensors(x, f"{name}[{i}]")]
+    return []
 
 
 def _to_device(v: Any, device: torch.device) -> Any:

@@ -254,6 +254,11 @@ def register_stubs(infos: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Harness side: know plugin methods by their stubs (origin as the worker saw it)."""
     keys = []
     for info in infos:
+        info = dict(info)
+        # The source hash is the harness's own reading of the plugin's file, never the
+        # worker's word: a record's method_source_hash must name the code that ran.
+        own = _origin_source_hash(str(info.get("origin", "")), str(info.get("module", "")))
+        info["source_hash"] = own or "unknown"
         key = (str(info["task"]), str(info["name"]))
         old = _METHODS.get(key)
         if old is not None and not isinstance(old, MethodStub):
@@ -263,6 +268,40 @@ def register_stubs(infos: list[dict[str, Any]]) -> list[tuple[str, str]]:
         _ORIGIN[key] = str(info.get("origin", "plugin"))
         keys.append(key)
     return keys
+
+
+def _module_file(module: str) -> Path | None:
+    """The file of a dotted module, found without importing it (find_spec of a dotted name
+    would import its parent packages, i.e. run plugin code here)."""
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin else None
+    for base in spec.submodule_search_locations or []:
+        stem = Path(base).joinpath(*rest)
+        for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _origin_source_hash(origin: str, module: str) -> str | None:
+    """sha256 (16 hex) of the source a plugin's method came from, read without importing it."""
+    path: Path | None = None
+    if origin.startswith("file "):
+        path = Path(origin[len("file ") :])
+    elif module:
+        path = _module_file(module)
+    try:
+        src = path.read_text() if path is not None else None
+    except OSError:
+        return None
+    return hashlib.sha256(src.encode()).hexdigest()[:16] if src is not None else None
 
 
 def load_plugin_file(path: str | Path) -> list[tuple[str, str]]:

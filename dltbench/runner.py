@@ -39,13 +39,22 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import __version__, registry
-from .api import Context, InvalidArtifact, Result, Task, config_dict, stable_hash
-from .oracle import PluginDied, PluginError
+from .api import (
+    Context,
+    InvalidArtifact,
+    RemoteArtifact,
+    Result,
+    Task,
+    config_dict,
+    stable_hash,
+)
+from .oracle import Auditor, PluginDied, PluginError, RemoteModule
 from .sandbox import PluginProcess
 from .store import append_result, read_results
 
 ProgressFn = Callable[[str, int, int], None]
 _PR_SET_PDEATHSIG = 1
+_MAX_ERROR = 8000  # characters of an error kept in a record
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class RunOptions:
     memory_mb: float | None = None  # address-space cap of a plugin process on CPU (--memory)
     sandbox: str = "auto"  # auto: bwrap where it works, else none (recorded); bwrap: required
     eval_entropy: str = ""  # replay a record's evaluation randomness (hex); empty: fresh secret
+    audit: bool = True  # spot-check a model's answers against a fresh copy (oracle.Auditor)
     method_infos: tuple[dict, ...] = ()  # plugin methods' stubs, read once by a sandboxed worker
 
 
@@ -188,6 +198,8 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
     status, error, evaluation, device = "ok", None, None, None
     entropy = opts.eval_entropy or secrets.token_hex(16)
     plugin: PluginProcess | None = None
+    auditor: PluginProcess | None = None
+    audit = None
     try:
         device = resolve_device(opts.device)
         if device.type == "cuda":
@@ -195,11 +207,12 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
         data_ctx, method_ctx, eval_ctx = cell_contexts(
             cell.seed, device, opts.data_dir, progress, entropy
         )
+        # Only this cell's method's own file or module: another plugin of the same run must
+        # not be imported beside it (it could patch this method's code).
         files, modules = _method_sources(task, [cell])
         # Started first: its interpreter starts while the harness prepares the data.
         plugin = PluginProcess(
-            plugin_files=tuple(dict.fromkeys([*opts.plugin_files, *files])),
-            import_modules=tuple(dict.fromkeys([*opts.import_modules, *modules])),
+            plugin_files=tuple(files), import_modules=modules,
             threads=torch.get_num_threads(), memory_mb=opts.memory_mb, device=device,
             sandbox=opts.sandbox, on_progress=progress,
         )  # fmt: skip
@@ -208,17 +221,24 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
                 getattr(registry.get_method_class(task.name, cell.method), "requires", ())
             )
         }
+        if task.artifact_kind == "remote" and opts.audit:
+            auditor = PluginProcess(
+                plugin_files=tuple(files), import_modules=modules, threads=1,
+                memory_mb=opts.memory_mb, device=device, sandbox=opts.sandbox,
+            )  # fmt: skip
         data = task.prepare(cell.config, data_ctx)
-        plugin.request(
-            "init",
-            {"task": task.name, "method": cell.method, "seed": method_ctx.seed,
-             "device": str(device), "plugin_files": list(plugin_files_of(plugin, opts, files)),
-             "import_modules": list(dict.fromkeys([*opts.import_modules, *modules]))},
-        )  # fmt: skip
+        spec = {"task": task.name, "method": cell.method, "seed": method_ctx.seed,
+                "device": str(device), "plugin_files": [str(Path(f).resolve()) for f in files],
+                "import_modules": list(modules)}  # fmt: skip
+        plugin.request("init", spec)
         seed_globals(eval_ctx.seed)
         artifact = task.run_plugin(plugin, data, cell.config, eval_ctx)
+        if auditor is not None:
+            audit = _start_audit(plugin, auditor, artifact, spec, eval_ctx)
         seed_globals(eval_ctx.seed + 1)
         evaluation = task.evaluate(artifact, data, cell.config, eval_ctx)
+        if audit is not None:
+            evaluation.estimator["audit"] = audit.summary()
     except InvalidArtifact as exc:
         status, error = "invalid", str(exc)
     except PluginError as exc:
@@ -229,18 +249,37 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
         tb = traceback.format_exc(limit=-6)
         status, error = "failed", f"{type(exc).__name__}: {exc}\n{tb}"
     finally:
-        if plugin is not None:
-            plugin.close()
+        for proc in (plugin, auditor):
+            if proc is not None:
+                proc.close()
     wall = time.perf_counter() - start
     record = _record(task, cell, ident, status, error, evaluation, wall, device or opts.device)
     record.eval_entropy = entropy
+    if record.error and len(record.error) > _MAX_ERROR:  # a plugin chooses its error text
+        record.error = record.error[:_MAX_ERROR] + "\n[... cut]"
     record.isolation = dict(plugin.isolation) if plugin is not None else {}
     return record
 
 
-def plugin_files_of(plugin: PluginProcess, opts: RunOptions, files: list[str]) -> list[str]:
-    """The plugin files the worker must import (absolute paths, as bound in its sandbox)."""
-    return [str(Path(f).resolve()) for f in dict.fromkeys([*opts.plugin_files, *files])]
+def _start_audit(plugin: PluginProcess, auditor: PluginProcess, artifact, spec: dict, ctx):
+    """Snapshot the trained artifact before any query, restore it in a second plugin process,
+    and attach an :class:`~dltbench.oracle.Auditor` to the oracle (modules only)."""
+    if not (isinstance(artifact, RemoteModule) and getattr(artifact, "is_module", False)):
+        return None
+    try:
+        blob = plugin.request("snapshot", artifact._oid)
+    except PluginError as exc:
+        raise InvalidArtifact(
+            "the trained model must be savable with torch.save (the harness audits a fresh "
+            f"copy of it): {str(exc).splitlines()[0]}"
+        ) from exc
+    auditor.request("init", spec)
+    fresh = RemoteArtifact.from_reply(
+        auditor.endpoint, auditor.request("restore", blob), ctx.device
+    )
+    gen = torch.Generator().manual_seed(int(ctx.rng.integers(2**62)))
+    artifact.auditor = Auditor(fresh, gen)
+    return artifact.auditor
 
 
 def _record(task, cell, ident, status, error, evaluation, wall, device, in_cell=True) -> Result:
@@ -364,6 +403,7 @@ def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
 _PRELOAD = [
     "torch", "numpy", "dltbench.registry", "dltbench.runner", "dltbench.oracle",
     "dltbench._forkserver_guard",
+    "sklearn.datasets",  # the embedded datasets' loader: seconds per cell otherwise
 ]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import random
 import sys
 from multiprocessing.connection import Connection
@@ -51,6 +52,10 @@ class Worker:
         artifact = self.task.fit(self.method, view, config, self.ctx)
         if self.task.artifact_kind == "value":
             return artifact
+        return self._describe(artifact)
+
+    def _describe(self, artifact: Any) -> dict[str, Any]:
+        """Keep ``artifact`` here and tell the harness its handle, type, dtype and attributes."""
         if isinstance(artifact, torch.nn.Module):
             artifact = artifact.eval()
             dtype = next((p.dtype for p in artifact.parameters()), torch.float32)
@@ -75,6 +80,18 @@ class Worker:
             "attributes": attrs,
         }
 
+    def snapshot(self, oid: int) -> np.ndarray:
+        """The artifact as torch.save bytes, taken before any query (for the harness's audits)."""
+        buf = io.BytesIO()
+        torch.save(self.endpoint.objects[oid], buf)
+        return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+    def restore(self, blob: Any) -> dict[str, Any]:
+        """Load a snapshot of another worker's artifact (this process has seen no query)."""
+        data = blob.tobytes() if isinstance(blob, np.ndarray) else bytes(blob)
+        artifact = torch.load(io.BytesIO(data), map_location=self.ctx.device, weights_only=False)
+        return self._describe(artifact)
+
 
 def describe(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Import plugin files and method entry points here; report their methods' infos."""
@@ -91,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = Endpoint(Connection(fd), trusted_peer=True)
     worker = Worker(endpoint)
     with contextlib.suppress(PluginDied):  # the harness went away: nothing left to answer
-        endpoint.serve_forever({"init": worker.init, "fit": worker.fit, "describe": describe})
+        endpoint.serve_forever({
+            "init": worker.init, "fit": worker.fit, "describe": describe,
+            "snapshot": worker.snapshot, "restore": worker.restore,
+        })  # fmt: skip
     return 0
 
 
