@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
@@ -141,3 +142,18 @@ def test_active_units_counts_variances_above_the_threshold():
         var, torch.tensor([1.0, 0.04, 0.0025, 0.0], dtype=torch.float64), rtol=0.05, atol=0
     )
     assert active_units(means, threshold=0.001)[0] == 3
+
+
+def test_active_units_ddof_decides_a_unit_at_the_threshold_as_numpy_does():
+    # 500 points at +-a: mean 0, sum of squares 500 a^2, so the population variance (ddof 0,
+    # Burda et al.'s np.var) is a^2 = 0.00999 < 0.01 and the unbiased one is a^2 500/499 > 0.01.
+    a = math.sqrt(0.00999)
+    col = torch.tensor([a, -a] * 250, dtype=torch.float64)
+    means = torch.stack([col, 10 * col, 0.1 * col], dim=1)
+    count0, var0 = active_units(means, 0.01, ddof=0)
+    count1, var1 = active_units(means, 0.01, ddof=1)
+    np.testing.assert_allclose(var0.numpy(), np.var(means.numpy(), axis=0), rtol=1e-12)
+    np.testing.assert_allclose(var1.numpy(), np.var(means.numpy(), axis=0, ddof=1), rtol=1e-12)
+    assert var0[0] < 0.01 < var1[0]
+    assert (count0, count1) == (1, 2)  # only the 10x column is active under ddof 0
+    assert active_units(means)[0] == count1  # the default stays ddof 1

@@ -5,14 +5,26 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
+from dltbench import data as datasets
 from dltbench import leaderboard, registry
 from dltbench.api import Context, DataMissing, InvalidArtifact, Result
-from dltbench.tasks.vae import MLPVAE, PointMass, binarize, check_model, load_binary
+from dltbench.tasks.vae import (
+    MLPVAE,
+    PointMass,
+    active_unit_points,
+    binarize,
+    binarize_batch,
+    check_model,
+    fit_model,
+    load_binary,
+)
 
 TASK = registry.get_task("vae")
 CPU = torch.device("cpu")
@@ -53,6 +65,7 @@ def test_method_view_has_no_test_split_nor_class_prior(data, config):
             seen["d"] = d
             return None
 
+    # What run_plugin sends to the plugin process: the train view, then fit there.
     TASK.fit(Spy(), TASK.train_view(data, config), config, Context(0, CPU))
     assert seen["d"].test is None and seen["d"].label_prior is None
 
@@ -190,3 +203,72 @@ def test_leaderboard_lists_the_autoencoder_unranked_with_the_reason():
     assert "no likelihood" in row.loc["ae", "excluded_reason"]
     assert list(df["method"]) == ["iwae", "vae", "ae"]
     assert "no likelihood" in leaderboard.to_markdown(TASK, df)
+
+
+def test_dynamic_binarization_keeps_training_grey_levels_and_the_same_test_bits(data):
+    dyn = load_binary("digits", dynamic=True)
+    grey = datasets.load("digits")
+    assert dyn.dynamic and not data.dynamic
+    torch.testing.assert_close(dyn.train.x, grey.train.x.flatten(1).float())  # train, not test
+    assert dyn.train.x.shape == (len(grey.train.y), 64) and len(dyn.train.x) != len(grey.test.x)
+    assert torch.equal(dyn.test.x, load_binary("digits").test.x)  # one fixed test draw
+    view = TASK.train_view(dyn, TASK.configs("quick")[0])
+    assert view.test is None and view.dynamic and torch.equal(view.train.x, dyn.train.x)
+
+
+def test_binarize_batch_draws_differ_per_call_and_have_the_grey_level_as_mean():
+    p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).repeat(3, 1)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([binarize_batch(p, g) for _ in range(4000)])
+    assert set(draws.unique().tolist()) <= {0.0, 1.0} and draws.dtype == p.dtype
+    assert not torch.equal(draws[0], draws[1]) or not torch.equal(draws[1], draws[2])
+    sd = (p * (1 - p) / len(draws)).sqrt()
+    assert ((draws.mean(0) - p).abs() <= 4 * sd + 1e-12).all()  # exact at p = 0 and 1
+
+
+def test_fit_model_binarizes_every_epoch_when_dynamic():
+    grey = torch.rand(50, 64, generator=torch.Generator().manual_seed(1))
+    seen = []
+
+    def spy(m, x, y, g):
+        seen.append(x.clone())
+        return (m.weight * 0).sum()
+
+    fit_model(nn.Linear(1, 1), grey, torch.zeros(50, dtype=torch.long), spy, Context(0, CPU),
+              epochs=100, batch_size=50, dynamic=True)  # fmt: skip
+    assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
+    assert not torch.equal(seen[0], seen[1])  # a fresh draw each epoch, not one fixed one
+    # Rows come shuffled; the per-epoch row means of bits track the grey levels' row means.
+    rows = torch.stack([x.mean() for x in seen])
+    assert abs(float(rows.mean() - grey.mean())) < 4 * 0.5 / math.sqrt(100 * 50 * 64)
+    seen.clear()
+    fit_model(nn.Linear(1, 1), grey, torch.zeros(50, dtype=torch.long), spy, Context(0, CPU),
+              epochs=2, batch_size=50)  # fmt: skip
+    assert torch.equal(seen[0].sort(0).values, grey.sort(0).values)  # static: x as given
+
+
+def test_paper_profile_follows_burda_and_quick_keeps_its_documented_choices():
+    paper, quick = TASK.configs("paper")[0], TASK.configs("quick")[0]
+    assert (paper.binarization, paper.active_split, paper.active_points, paper.active_ddof) == (
+        "dynamic", "train", 500, 0)  # fmt: skip
+    assert (quick.binarization, quick.active_split, quick.active_points, quick.active_ddof) == (
+        "static", "test", 0, 1)  # fmt: skip
+    with pytest.raises(ValueError, match="binarization"):
+        TASK.prepare(dataclasses.replace(quick, binarization="fixed"), Context(0, CPU))
+
+
+def test_active_units_on_training_points_with_ddof_zero(config):
+    cfg = dataclasses.replace(config, binarization="dynamic", active_split="train",
+                              active_points=100, active_ddof=0)  # fmt: skip
+    dyn = TASK.prepare(cfg, Context(0, CPU))
+    torch.manual_seed(0)
+    model = MLPVAE(64, 4, (16,))
+    ev = TASK.evaluate(model, dyn, cfg, Context(0, CPU))
+    pts = active_unit_points(dyn, cfg)
+    assert pts.x.shape == (100, 64) and set(pts.x.unique().tolist()) == {0.0, 1.0}
+    with torch.no_grad():
+        means = model.encode(pts.x).mean.double().numpy()
+    np.testing.assert_allclose(ev.curves["unit_variance"], np.var(means, axis=0), rtol=1e-6)
+    assert ev.metrics["active_units"] == int((np.var(means, axis=0) > 0.01).sum())
+    assert "ddof 0, over 100 train points" in ev.estimator["active_units_rule"]
+    assert "dynamically binarized" in ev.estimator["data"]

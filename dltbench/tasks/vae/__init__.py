@@ -27,7 +27,17 @@ from .bounds import (
 from .checks import ModelInfo, check_model
 from .methods import neg_elbo
 from .nets import MLPVAE, MLPAutoencoder, PointMass, fit_model
-from .task import BINARIZE_SEED, BinaryData, VAEConfig, VAEMethod, VAETask, binarize, load_binary
+from .task import (
+    BINARIZE_SEED,
+    BinaryData,
+    VAEConfig,
+    VAEMethod,
+    VAETask,
+    active_unit_points,
+    binarize,
+    binarize_batch,
+    load_binary,
+)
 
 __all__ = [
     "BINARIZE_SEED",
@@ -40,8 +50,10 @@ __all__ = [
     "VAEConfig",
     "VAEMethod",
     "VAETask",
+    "active_unit_points",
     "active_units",
     "binarize",
+    "binarize_batch",
     "bits_per_dim",
     "check_model",
     "draw",

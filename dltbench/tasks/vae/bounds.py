@@ -275,11 +275,14 @@ def posterior_means(
     return torch.cat(parts)
 
 
-def active_units(means: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:
-    """Active units of Burda et al. 2016: latent u is active if Cov_x(E_q[u|x]) > threshold.
+def active_units(
+    means: torch.Tensor, threshold: float = 0.01, ddof: int = 1
+) -> tuple[int, torch.Tensor]:
+    """Active units of Burda et al. 2016: latent u is active if Var_x(E_q[u|x]) > threshold.
 
     ``means`` are posterior means (N, L) over a data set; returns the count and the
-    per-unit variances (L,) (unbiased, ddof=1).
+    per-unit variances (L,) with ``ddof`` delta degrees of freedom: sum of squared
+    deviations / (N - ddof). Burda et al.'s code uses np.var (ddof 0) on 500 training points.
     """
-    var = means.double().var(dim=0, unbiased=True)
+    var = means.double().var(dim=0, correction=ddof)
     return int((var > threshold).sum()), var

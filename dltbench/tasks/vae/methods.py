@@ -44,7 +44,7 @@ class _LossTrained(VAEMethod):
         """Fit ``self.model`` on ``self.loss`` for the profile's epoch budget."""
         return fit_model(
             self.model(data, config), data.train.x, data.train.y, self.loss(), ctx,
-            config.epochs, self.batch_size, self.lr,
+            config.epochs, self.batch_size, self.lr, dynamic=data.dynamic,
         )  # fmt: skip
 
 

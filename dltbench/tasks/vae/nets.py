@@ -15,6 +15,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, co
 from ...api import Context
 from ...models import LossFn
 from ...oracle import register_distribution
+from .task import binarize_batch
 
 #: ``loss_fn(model, x, y, generator) -> scalar loss`` for one minibatch of flattened x (N, D).
 
@@ -128,11 +129,14 @@ def fit_model(
     epochs: int,
     batch_size: int = 100,
     lr: float = 1e-3,
+    dynamic: bool = False,
 ) -> nn.Module:
     """Train ``model`` with Adam on minibatches of (x, y) for ``epochs`` passes; eval mode after.
 
     Shuffling comes from ``ctx.generator`` and the loss's noise from a generator on
     ``ctx.device``, so a fixed seed gives the same model on the same device and versions.
+    ``dynamic``: ``x`` are grey levels, and every minibatch is binarized afresh from the
+    noise generator (Burda et al. 2016), so each epoch sees new bits of every image.
     """
     model = model.to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -143,7 +147,8 @@ def fit_model(
         order = torch.randperm(len(x), generator=ctx.generator).to(ctx.device)
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
-            loss = loss_fn(model, x[idx], y[idx], noise)
+            xb = binarize_batch(x[idx], noise) if dynamic else x[idx]
+            loss = loss_fn(model, xb, y[idx], noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

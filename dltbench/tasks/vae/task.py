@@ -49,26 +49,41 @@ class VAEConfig:
     max_test_points: int  # first points of the fixed test split; 0 = all
     active_threshold: float = 0.01  # Burda et al. 2016
     cpu_threads: int = 0  # torch threads on CPU during fit and evaluate; 0 keeps the runner's
+    # static: one harness-seeded draw of each split; dynamic (Burda et al.): the method gets
+    # the training grey levels and draws fresh bits every epoch; the test split stays one draw.
+    binarization: str = "static"
+    active_split: str = "test"  # where Cov_x(E_q[z|x]) is taken: test or train
+    active_points: int = 0  # first points of active_split; 0 = all
+    active_ddof: int = 1  # variance's delta degrees of freedom (Burda et al.'s np.var: 0)
 
 
 _PROFILES = {
-    "quick": dict(dataset="digits", latent_dim=8, hidden=(128,), epochs=100, iwae_k=500,
-                  iwae_ks=(1, 10, 100, 500), elbo_samples=10, k_chunk=20, batch_size=540,
+    # quick: K = 200 moves the digits models' bound by <= 0.003 nats from K = 500, a tenth
+    # of a seed's std (docs/tasks/vae.md); k_chunk 100 makes 2 passes (oracle round trips).
+    "quick": dict(dataset="digits", latent_dim=8, hidden=(128,), epochs=100, iwae_k=200,
+                  iwae_ks=(1, 10, 100, 200), elbo_samples=10, k_chunk=100, batch_size=540,
                   max_test_points=0, cpu_threads=1),
     "standard": dict(dataset="mnist", latent_dim=50, hidden=(200, 200), epochs=100, iwae_k=1000,
                      iwae_ks=(1, 10, 100, 1000), elbo_samples=10, k_chunk=250, batch_size=500,
                      max_test_points=0),
     # Burda et al. 2016: one stochastic layer of 50 units, two tanh layers of 200, 3280
-    # passes (sum of 3^i, i < 8), test log-likelihood by IWAE with k = 5000.
+    # passes (sum of 3^i, i < 8), test log-likelihood by IWAE with k = 5000; their code
+    # (yburda/iwae) binarizes training MNIST afresh at every minibatch and counts active
+    # units on the first 500 training points with np.var (ddof 0).
     "paper": dict(dataset="mnist", latent_dim=50, hidden=(200, 200), epochs=3280, iwae_k=5000,
                   iwae_ks=(1, 5, 50, 500, 5000), elbo_samples=100, k_chunk=1000, batch_size=500,
-                  max_test_points=0),
+                  max_test_points=0, binarization="dynamic", active_split="train",
+                  active_points=500, active_ddof=0),
 }  # fmt: skip
 
 
 @dataclass(frozen=True)
 class BinaryData:
-    """Statically binarized images, flattened to (N, D) in {0, 1}, with a fixed split."""
+    """Binarized images, flattened to (N, D) in {0, 1}, with a fixed split.
+
+    With ``dynamic`` True, ``train.x`` holds the grey levels in [0, 1] instead: a method
+    draws fresh bits from them (``binarize_batch``) at every pass, as Burda et al. did.
+    """
 
     name: str
     train: Split
@@ -76,6 +91,7 @@ class BinaryData:
     num_classes: int
     image_shape: tuple[int, ...]  # (C, H, W) of one example before flattening
     label_prior: torch.Tensor | None = None  # training class frequencies (harness-side only)
+    dynamic: bool = False  # train.x are grey levels, to be binarized afresh every epoch
 
     @property
     def x_dim(self) -> int:
@@ -94,13 +110,45 @@ def binarize(images: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.from_numpy(bits.astype(np.float32))
 
 
-def load_binary(name: str, data_dir=None) -> BinaryData:
-    """A dataset of :mod:`dltbench.data`, statically binarized (train with BINARIZE_SEED, test +1)."""
+def binarize_batch(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Dynamic binarization: fresh Bernoulli bits at the grey levels ``probs`` (any shape).
+
+    Drawn on ``generator``'s device, returned on ``probs``'s, same dtype; call it on every
+    minibatch (Burda et al. 2016) so that each pass over the data sees new bits.
+    """
+    u = torch.rand(probs.shape, generator=generator, device=generator.device)
+    return (u.to(probs.device) < probs).to(probs.dtype)
+
+
+def load_binary(name: str, data_dir=None, dynamic: bool = False) -> BinaryData:
+    """A dataset of :mod:`dltbench.data`, binarized (train with BINARIZE_SEED, test +1).
+
+    ``dynamic``: the training split keeps its grey levels (flattened, float in [0, 1])
+    for the method to binarize per epoch; the test split is one draw either way.
+    """
     ds = datasets.load(name, data_dir)
-    train = Split(binarize(ds.train.x, BINARIZE_SEED), ds.train.y)
+    train_x = ds.train.x.flatten(1).float() if dynamic else binarize(ds.train.x, BINARIZE_SEED)
+    train = Split(train_x, ds.train.y)
     test = Split(binarize(ds.test.x, BINARIZE_SEED + 1), ds.test.y)
     prior = torch.bincount(ds.train.y, minlength=ds.num_classes).double() / len(ds.train.y)
-    return BinaryData(name, train, test, ds.num_classes, ds.shape, prior)
+    return BinaryData(name, train, test, ds.num_classes, ds.shape, prior, dynamic)
+
+
+def active_unit_points(data: BinaryData, config: VAEConfig) -> Split:
+    """The binary points whose posterior means decide the active units (``active_split``).
+
+    Dynamic training data are binarized once here, from the fixed ``BINARIZE_SEED``
+    (harness-owned, like the test draw), so the count does not depend on the run's seed.
+    """
+    if config.active_split not in ("test", "train"):
+        raise ValueError(f"active_split must be 'test' or 'train', got {config.active_split!r}")
+    split = data.test if config.active_split == "test" else data.train
+    if config.active_points:
+        split = split.subset(slice(0, config.active_points))
+    if config.active_split == "train" and data.dynamic:
+        bits = np.random.default_rng(BINARIZE_SEED).random(tuple(split.x.shape)) < split.x.numpy()
+        split = Split(torch.from_numpy(bits.astype(np.float32)), split.y)
+    return split
 
 
 class VAEMethod(Method):
@@ -111,7 +159,9 @@ class VAEMethod(Method):
         """Return a model with ``encode(x) -> q(z|x)``, ``decode(z) -> p(x|z)``, ``prior() -> p(z)``.
 
         All three return ``torch.distributions.Distribution`` objects: x is (N, D) in {0, 1}
-        (``data.train.x``), q has batch shape (N,) and event (L,), p(x|z) batch (N,) and
+        (``data.train.x``; when ``data.dynamic``, ``data.train.x`` holds grey levels and the
+        method binarizes every minibatch afresh with :func:`binarize_batch`, as
+        :func:`~dltbench.tasks.vae.fit_model` does), q has batch shape (N,) and event (L,), p(x|z) batch (N,) and
         event (D,), p(z) batch () or (N,) and event (L,). Set ``conditional = True`` on the
         model to be called with the labels as ``encode(x, y)``, ``decode(z, y)``,
         ``prior(y)``. ``prior()`` returning None declares a model without a likelihood (a
@@ -128,7 +178,7 @@ class VAETask(Task):
     """Test log-likelihood of VAEs by the IWAE bound (Burda et al. 2016), with ELBO, KL and active units."""
 
     name = "vae"
-    version = "1"
+    version = "2"
     description = (
         "held-out log-likelihood bounds (ELBO, IWAE) of latent-variable models, nats and bits/dim"
     )
@@ -153,7 +203,9 @@ class VAETask(Task):
                    _nat("ELBO on log p(x|y) at the test label (conditional models only)")),
         MetricSpec("cond_iwae", True, "nats/example",
                    _nat("IWAE_K bound on log p(x|y) at the test label (conditional models only)")),
-        MetricSpec("active_units", True, "count", "latents with Cov_x(E_q[z|x]) > 0.01 (Burda et al. 2016)"),
+        MetricSpec("active_units", True, "count",
+                   "latents with Var_x(E_q[z|x]) > 0.01 over the profile's active-unit points "
+                   "(Burda et al. 2016)"),
         MetricSpec("recon_nll", False, "nats/example",
                    _nat("-log p(x | z = E_q[z|x]), every model including autoencoders")),
         MetricSpec("recon_error_rate", False, "fraction", "pixels where round(E[x | z = E_q[z|x]]) != x"),
@@ -176,10 +228,15 @@ class VAETask(Task):
         datasets.load(config.dataset, data_dir)
 
     def prepare(self, config: VAEConfig, ctx: Context) -> BinaryData:
-        """The statically binarized dataset with its fixed split (first max_test_points tested)."""
+        """The binarized dataset with its fixed split (first max_test_points tested); with
+        dynamic binarization the training split keeps its grey levels."""
+        if config.binarization not in ("static", "dynamic"):
+            raise ValueError(
+                f"binarization must be 'static' or 'dynamic', got {config.binarization!r}"
+            )
         ctx.progress("load data", 0, 1)
         with cpu_threads(config.cpu_threads, ctx.device):
-            data = load_binary(config.dataset, ctx.data_dir)
+            data = load_binary(config.dataset, ctx.data_dir, config.binarization == "dynamic")
         if config.max_test_points:
             data = dataclasses.replace(
                 data, test=data.test.subset(slice(0, config.max_test_points))
@@ -221,8 +278,7 @@ class VAETask(Task):
             "has_likelihood": info.has_likelihood, "conditional": info.conditional,
             "test_points": n, "dims": d, "latent_dim": info.latent_dim,
             "units": "log-likelihoods in nats per example; *_bpd = -nats / (D ln 2) bits per dim",
-            "data": f"{data.name} statically binarized (one Bernoulli draw per pixel, p = grey "
-                    f"level, seeds {BINARIZE_SEED} train / {BINARIZE_SEED + 1} test)",
+            "data": _data_note(data),
             "recon": "decoder at the posterior mean z = E_q[z|x]; error rate thresholds E[x|z] at 0.5",
         }  # fmt: skip
         curves: dict[str, Any] = {}
@@ -246,7 +302,16 @@ class VAETask(Task):
                 metrics["cond_iwae"] = float(by_k[config.iwae_k].mean())
             if not (torch.isfinite(ll).all() and torch.isfinite(lower).all()):
                 raise InvalidArtifact("the ELBO or IWAE bound is not finite on some test points")
-            n_active, unit_var = active_units(means, config.active_threshold)
+            au = active_unit_points(data, config)
+            if au is data.test:
+                au_means = means  # the test split's posterior means, computed above
+            else:
+                au_y = au.y.to(ctx.device) if info.conditional else None
+                with torch.no_grad():
+                    au_means = posterior_means(model, au.x.to(ctx.device), au_y, bs)
+            n_active, unit_var = active_units(
+                au_means, config.active_threshold, ddof=config.active_ddof
+            )
             metrics.update(
                 iwae=float(ll.mean()), nll_bpd=float(bits_per_dim(ll.mean(), d)),
                 elbo=float(lower.mean()), elbo_bpd=float(bits_per_dim(lower.mean(), d)),
@@ -267,7 +332,10 @@ class VAETask(Task):
                                "float64 running log-sum-exp over chunks of K",
                 elbo_estimator="Monte Carlo E_q[log p(x|z)] minus "
                                + ("analytic KL" if terms.kl_analytic else "Monte Carlo KL"),
-                active_units_rule=f"Cov_x(E_q[z|x]) > {config.active_threshold} (unbiased variance)",
+                active_units_rule=f"Var_x(E_q[z|x]) > {config.active_threshold} with ddof "
+                                  f"{config.active_ddof}, over {len(au_means)} {config.active_split} "
+                                  "points" + (f" (binarized once, seed {BINARIZE_SEED})"
+                                              if au is not data.test and data.dynamic else ""),
                 sem="standard error of the mean over test points (not over the estimator's noise)",
             )  # fmt: skip
             if info.conditional:
@@ -307,6 +375,14 @@ def cpu_threads(n: int, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def _data_note(data: BinaryData) -> str:
+    test = f"test: one Bernoulli draw per pixel at the grey level, seed {BINARIZE_SEED + 1}"
+    if data.dynamic:
+        return (f"{data.name}, dynamically binarized: the method draws fresh training bits "
+                f"every epoch (Burda et al. 2016); {test}")  # fmt: skip
+    return f"{data.name} statically binarized: train seed {BINARIZE_SEED}; {test}"
 
 
 def _recon(px, x: torch.Tensor) -> torch.Tensor:
