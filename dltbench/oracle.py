@@ -320,8 +320,8 @@ class Endpoint:
         """Register ``obj`` for the peer to call; returns the handle to send."""
         oid = next(self._next_oid)
         self.objects[oid] = obj
-        if isinstance(obj, Exposed):
-            return Ref(oid, obj.kind, dict(obj.attributes))
+        if isinstance(obj, Exposed):  # the peer's proxy knows which methods it may call
+            return Ref(oid, obj.kind, {**obj.attributes, "methods": sorted(obj.methods)})
         return Ref(oid, "module")
 
     def request(self, op: str, *args: Any) -> Any:
@@ -441,6 +441,8 @@ class Endpoint:
 
     def _call(self, oid: int, method: str, args: Any, kwargs: Any, keep_graph: bool | list) -> Any:
         fn, exposed = self._target(oid, method)
+        if exposed is not None and kwargs:
+            raise ProtocolError("exposed objects take positional arguments only")
         args = self._materialize(list(args))
         kwargs = self._materialize(dict(kwargs))
         if not keep_graph:

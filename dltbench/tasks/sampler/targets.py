@@ -87,7 +87,13 @@ class Target:
         """Unbiased gradient estimate from the data points ``idx`` (prior + N/|idx| * likelihood)."""
         if "minibatch" not in self.capabilities:
             raise NotImplementedError(f"target {self.name!r} has no data to subsample")
-        LEDGER["data_grad"] += _rows(x, self.dim) * len(idx)
+        # Charged by the number of data points the index selects: a tuple or a 2-d index
+        # must not fetch every point for the price of one.
+        if not (isinstance(idx, torch.Tensor) and idx.dim() == 1 and idx.dtype == torch.long):
+            raise TypeError("idx must be a 1-d tensor of data-point indices (torch.long)")
+        if len(idx) and not (int(idx.min()) >= 0 and int(idx.max()) < (self.n_data or 0)):
+            raise IndexError(f"idx must lie in [0, {self.n_data})")
+        LEDGER["data_grad"] += _rows(x, self.dim) * idx.numel()
         return self._minibatch_grad(x, idx)
 
     def sample_iid(self, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -171,7 +171,9 @@ class SamplerTask(Task):
             frozenset({"log_prob", "grad_log_prob", "log_prob_and_grad", "conditional",
                        "minibatch_grad"}),
             kind="object",
-            attributes={"name": t.name, "dim": t.dim, "device": t.device, "dtype": DTYPE,
+            # No name: a sampler works from the density it queries, not from a catalogue
+            # entry it could special-case.
+            attributes={"dim": t.dim, "device": t.device, "dtype": DTYPE,
                         "capabilities": t.capabilities, "n_data": t.n_data},
         )  # fmt: skip
         return {"target": exposed, "init": data.init.clone()}

@@ -149,7 +149,7 @@ class HostileIID(SamplerMethod):
         from dltbench.tasks.sampler.catalog import make_target
 
         target.log_prob(init)
-        own = make_target(target.name)
+        own = make_target(f"gaussian-d{target.dim}")  # the target's name is not shown: guess
         return own.sample_iid(n_chains * n_draws, generator).reshape(n_chains, n_draws, -1)
 
 
