@@ -47,7 +47,6 @@ def _run(task_name, methods, tmp_path, plugins, **cfg):
 
 @needs_bwrap
 @pytest.mark.slow
-@finding("certified base classifier pools its batch")
 def test_certified_base_classifier_cannot_pool_its_batch(tmp_path):
     """A base classifier that averages a row with its batch neighbours (CERTIFY's n noisy
     copies of one point) must not beat its honest twin: the certificate assumes f is
@@ -63,7 +62,6 @@ def test_certified_base_classifier_cannot_pool_its_batch(tmp_path):
 
 @needs_bwrap
 @pytest.mark.slow
-@finding("stateful defense remembers clean queries")
 def test_robust_defense_cannot_remember_the_clean_queries(tmp_path):
     """A defense that answers any input within eps of a remembered clean query with that
     query's logits must not be ranked above its honest twin (or must be flagged)."""
@@ -78,7 +76,6 @@ def test_robust_defense_cannot_remember_the_clean_queries(tmp_path):
 
 @needs_bwrap
 @pytest.mark.slow
-@finding("every plugin file is imported in every cell")
 def test_a_plugin_file_cannot_change_another_methods_numbers(tmp_path):
     """The built-in ``standard`` cell must score the same with an unrelated --plugin file
     in the run as without it (each worker should import only its own method's code)."""
@@ -90,7 +87,6 @@ def test_a_plugin_file_cannot_change_another_methods_numbers(tmp_path):
     assert mixed.metrics["base_clean_acc"] == alone.metrics["base_clean_acc"]  # ...but is not
 
 
-@finding("source hash reported by the worker")
 def test_plugin_source_hash_is_computed_by_the_harness():
     """The record's method_source_hash of a file plugin must not be the plugin's choice."""
     registry.load_plugin_file(SPOOF)
@@ -99,7 +95,6 @@ def test_plugin_source_hash_is_computed_by_the_harness():
     assert registry.source_hash(stub) == own
 
 
-@finding("tuple idx in minibatch_grad")
 def test_minibatch_grad_charges_what_it_computes():
     """``minibatch_grad`` with ``idx=(arange(n),)`` (a tuple crosses the boundary) is charged
     one data point but evaluates all n: a full gradient must cost at least one evaluation."""
@@ -122,7 +117,6 @@ def test_minibatch_grad_charges_what_it_computes():
     assert not exact or cost >= 1.0, (cost, exact)
 
 
-@finding("unbounded JSON header")
 def test_decode_bounds_the_header_a_plugin_can_send():
     """A small frame must not make the harness build a huge object: the JSON header (whose
     size the harness only bounds by MAX_MESSAGE = 2 GiB) needs its own, much lower, cap."""
@@ -135,7 +129,6 @@ def test_decode_bounds_the_header_a_plugin_can_send():
 
 @needs_bwrap
 @pytest.mark.slow
-@finding("decoder remembers the encoder's input")
 def test_vae_decoder_cannot_see_what_the_encoder_saw(tmp_path):
     """A decoder that answers with the encoder's last input must not beat its honest twin
     on the IWAE bound (encode and decode share one process and its memory)."""
@@ -147,34 +140,21 @@ def test_vae_decoder_cannot_see_what_the_encoder_saw(tmp_path):
     )  # fmt: skip
 
 
-@finding("density decoder on binary data")
 def test_vae_decoder_must_be_a_distribution_over_binary_pixels():
-    """Binary data need a pmf: a ContinuousBernoulli decoder (a *density* on [0, 1], which
-    crosses the boundary and passes the checks) with the same logits adds at least
-    D log 2 nats to every log p(x|z), so the "likelihood" of an unchanged network rises."""
-    from types import SimpleNamespace
-
+    """Binary data need a pmf: a ContinuousBernoulli decoder (a *density* on [0, 1]) with the
+    same logits adds at least D log 2 nats to every log p(x|z). It cannot cross the plugin
+    boundary (the harness rebuilds only pmfs and Gaussians from their parameters)."""
     from torch.distributions import ContinuousBernoulli, Independent
 
-    from dltbench.api import InvalidArtifact
-    from dltbench.tasks.vae.checks import check_model
-    from dltbench.tasks.vae.nets import MLPVAE
-
-    class DensityDecoder(MLPVAE):
-        def decode(self, z, y=None):
-            return Independent(ContinuousBernoulli(logits=self.decoder(z)), 1)
-
-    torch.manual_seed(0)
-    model = DensityDecoder(64, 4, (16,))
+    logits = torch.zeros(8, 64)
     x = (torch.rand(8, 64) < 0.3).float()
-    data = SimpleNamespace(test=SimpleNamespace(x=x, y=torch.zeros(8, dtype=torch.long)))
-    honest = MLPVAE.decode(model, torch.zeros(8, 4)).log_prob(x)
-    assert (model.decode(torch.zeros(8, 4)).log_prob(x) - honest).min() >= 64 * 0.69
-    with pytest.raises(InvalidArtifact):
-        check_model(model, data, torch.device("cpu"), torch.Generator().manual_seed(0))
+    density = Independent(ContinuousBernoulli(logits=logits), 1)
+    pmf = Independent(torch.distributions.Bernoulli(logits=logits), 1)
+    assert (density.log_prob(x) - pmf.log_prob(x)).min() >= 64 * 0.69
+    with pytest.raises(TypeError, match="cannot cross the plugin boundary"):
+        encode(density)
 
 
-@finding("non-monotone schedule")
 def test_diffusion_schedule_from_a_plugin_must_have_decreasing_log_snr():
     """LinearSchedule(beta_min=20, beta_max=-5) is accepted, but its log-SNR rises on
     t > 0.8: the VLB's KL terms there are negative, and a model that predicts x0 = 1e6
@@ -218,7 +198,6 @@ def test_a_progress_flood_does_not_outlive_the_timeout(tmp_path):
 
 
 @needs_bwrap
-@pytest.mark.xfail(strict=False, reason="review finding: wheels under /opt (host-specific)")
 def test_sandbox_hides_datasets_inside_package_archives(tmp_path):
     """The sandbox hides scikit-learn's ``datasets/data`` folder, but it binds all of /opt,
     /etc and every site-packages root: a wheel of scikit-learn there (a local package

@@ -139,14 +139,26 @@ def schedule_from_state(state: object) -> Schedule:
     if kind not in families:
         raise ValueError(f"schedule {kind!r} is not one of {', '.join(families)}")
     if kind == "DiscreteSchedule":
-        return DiscreteSchedule(torch.tensor(args.get("alphas_cumprod"), dtype=torch.float64))
-    allowed = {"LinearSchedule": ("beta_min", "beta_max", "t_min"),
-               "CosineSchedule": ("s", "log_snr_min", "t_min")}[kind]  # fmt: skip
-    if set(args) - set(allowed) or not all(
-        isinstance(v, (int, float)) and math.isfinite(v) for v in args.values()
-    ):
-        raise ValueError(f"bad {kind} parameters: {args}")
-    return families[kind](**args)
+        sched: Schedule = DiscreteSchedule(
+            torch.tensor(args.get("alphas_cumprod"), dtype=torch.float64)
+        )
+    else:
+        allowed = {"LinearSchedule": ("beta_min", "beta_max", "t_min"),
+                   "CosineSchedule": ("s", "log_snr_min", "t_min")}[kind]  # fmt: skip
+        if set(args) - set(allowed) or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in args.values()
+        ):
+            raise ValueError(f"bad {kind} parameters: {args}")
+        sched = families[kind](**args)
+    # A forward process adds noise: log-SNR must fall with t (else the VLB's KL terms go
+    # negative and a model can make the bound as low as it likes).
+    if not 0 < float(sched.t_min) < 1:
+        raise ValueError(f"t_min must be in (0, 1), got {sched.t_min}")
+    lam = sched.log_snr(torch.linspace(float(sched.t_min), 1.0, 1001, dtype=torch.float64))
+    steps = lam[1:] - lam[:-1]
+    if not bool(torch.isfinite(lam).all()) or bool((steps > 0).any()) or not lam[-1] < lam[0]:
+        raise ValueError(f"the {kind}'s log-SNR must be finite and decreasing on [t_min, 1]")
+    return sched
 
 
 #: Where the ODE and the samplers start from N(0, I): lambda = -10.5, alpha^2 = 2.8e-5 (the linear
