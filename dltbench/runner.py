@@ -90,7 +90,9 @@ class RunOptions:
     memory_mb: float | None = None  # address-space cap of a plugin process on CPU (--memory)
     sandbox: str = "auto"  # auto: bwrap where it works, else none (recorded); bwrap: required
     eval_entropy: str = ""  # replay a record's evaluation randomness (hex); empty: fresh secret
-    audit: bool = True  # spot-check a model's answers against a fresh copy (oracle.Auditor)
+    #: Spot-check a model's answers against a fresh copy (oracle.Auditor). None: audit every
+    #: real cell; smoke cells (a pipeline check, recorded apart) skip it.
+    audit: bool | None = None
     method_infos: tuple[dict, ...] = ()  # plugin methods' stubs, read once by a sandboxed worker
 
 
@@ -221,7 +223,8 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
                 getattr(registry.get_method_class(task.name, cell.method), "requires", ())
             )
         }
-        if task.artifact_kind == "remote" and opts.audit:
+        audit_on = opts.audit if opts.audit is not None else not cell.profile.endswith("-smoke")
+        if task.artifact_kind == "remote" and audit_on:
             auditor = PluginProcess(
                 plugin_files=tuple(files), import_modules=modules, threads=1,
                 memory_mb=opts.memory_mb, device=device, sandbox=opts.sandbox,

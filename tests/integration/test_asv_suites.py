@@ -37,6 +37,12 @@ def _benchmarks() -> list[tuple[str, str, str]]:
     return out
 
 
+def _param(b: tuple[str, str, str]):
+    """Suites that run cells (track_: a task's cells; TimeQuickRun: a whole grid) are slow."""
+    slow = b[2].startswith("track_") or b[1] == "TimeQuickRun"
+    return pytest.param(*b, id=".".join(b), marks=[pytest.mark.slow] if slow else [])
+
+
 BENCHMARKS = _benchmarks()
 _CACHES: dict[tuple[str, str], object] = {}  # one smoke setup_cache per track_ class
 
@@ -66,7 +72,7 @@ def test_every_benchmark_module_is_found():
     assert {m for m, _, _ in BENCHMARKS} == set(MODULES), "a benchmarks/ module has no benchmark"
 
 
-@pytest.mark.parametrize("module,cls_name,func", BENCHMARKS, ids=[".".join(b) for b in BENCHMARKS])
+@pytest.mark.parametrize("module,cls_name,func", [_param(b) for b in BENCHMARKS])
 def test_benchmark_runs_once(module, cls_name, func, monkeypatch):
     mod = importlib.import_module(f"benchmarks.{module}")
     cls = getattr(mod, cls_name)

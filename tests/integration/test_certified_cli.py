@@ -94,6 +94,7 @@ def test_a_hanging_cell_times_out(dirs):
     assert "timed out after 3s" in recs[0]["error"]
 
 
+@pytest.mark.slow  # a whole smoke grid: minutes on 2 cores (pytest -m slow)
 def test_parallel_jobs(dirs):
     assert run(dirs, "--method", "standard", "--seeds", "0", "1", "--jobs", "2") == 0
     assert sorted((r["seed"], r["setting"]["sigma"]) for r in records(dirs)) == [

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from dltbench.cli import main
 
 
+@pytest.mark.slow  # a whole smoke grid: minutes on 2 cores (pytest -m slow)
 def test_diffusion_cli_smoke(tmp_path):
     results, boards = tmp_path / "results", tmp_path / "boards"
     rc = main(["run", "--task", "diffusion", "--method", "v-pred", "ddpm", "--seeds", "0", "--smoke", "--jobs", "2",

@@ -35,7 +35,7 @@ def _run(task_name: str, methods: list[str], tmp_path: Path, **cfg) -> dict[str,
         ]
     opts = RunOptions(
         device="cpu", results_dir=tmp_path / "results", timeout_s=600, eval_entropy=ENTROPY,
-        plugin_files=(PLUGIN,), jobs=1,
+        plugin_files=(PLUGIN,), jobs=1, audit=True,
     )  # fmt: skip
     out = {r.method: r for r in run_cells(task, cells, opts)}
     return {m: {"status": r.status, "metrics": r.metrics, "error": r.error or "", "rec": r}

@@ -40,7 +40,7 @@ def _run(task_name, methods, tmp_path, plugins, **cfg):
     cells = [dataclasses.replace(c, config=dataclasses.replace(c.config, **cfg)) for c in cells]
     opts = RunOptions(
         device="cpu", results_dir=tmp_path / "results", timeout_s=600, eval_entropy=ENTROPY,
-        plugin_files=tuple(plugins), jobs=1,
+        plugin_files=tuple(plugins), jobs=1, audit=True,
     )  # fmt: skip
     return {r.method: r for r in run_cells(task, cells, opts)}
 

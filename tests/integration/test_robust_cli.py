@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from dltbench.cli import main
 
 
+@pytest.mark.slow  # a whole smoke grid: minutes on 2 cores (pytest -m slow)
 def test_robust_and_attack_cli_end_to_end(tmp_path):
     res, lb = tmp_path / "results", tmp_path / "leaderboards"
     io = ["--results-dir", str(res), "--leaderboard-dir", str(lb), "--smoke", "--seeds", "0"]

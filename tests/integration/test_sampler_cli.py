@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from dltbench.cli import main
 
 METHODS = ["rwm", "mala", "gibbs", "sgld"]
 
 
+@pytest.mark.slow  # a whole smoke grid: minutes on 2 cores (pytest -m slow)
 def test_run_smoke_writes_records_and_a_leaderboard_with_eligibility(tmp_path):
     res, lb = tmp_path / "results", tmp_path / "leaderboards"
     argv = ["run", "--task", "sampler", "--smoke", "--seeds", "0", "--device", "cpu",
