@@ -348,15 +348,7 @@ class Endpoint:
                 raise ProtocolError(f"unexpected message kind {kind!r}")
 
     def _handles(self, v: Any) -> Any:
-        if isinstance(v, Exposed):
-            return self.expose(v)
-        if isinstance(v, list):
-            return [self._handles(x) for x in v]
-        if isinstance(v, tuple):
-            return tuple(self._handles(x) for x in v)
-        if isinstance(v, dict):
-            return {k: self._handles(x) for k, x in v.items()}
-        return v
+        return map_leaves(v, lambda x: self.expose(x) if isinstance(x, Exposed) else x)
 
     def progress(self, desc: str, done: int, total: int) -> None:
         """Worker side: tell the harness how far a long step is."""
@@ -422,6 +414,9 @@ class Endpoint:
 
     def _materialize(self, v: Any) -> Any:
         """Turn markers the peer sent into live objects of this side."""
+        return map_leaves(v, self._live)
+
+    def _live(self, v: Any) -> Any:
         if isinstance(v, Ref):
             proxy = RemoteModule(self, v.oid) if v.kind == "module" else RemoteObject(self, v.oid)
             for name, value in v.attributes.items():
@@ -431,12 +426,6 @@ class Endpoint:
             if self.make_generator is None:
                 raise ProtocolError("no generator here")
             return self.make_generator()
-        if isinstance(v, list):
-            return [self._materialize(x) for x in v]
-        if isinstance(v, tuple):
-            return tuple(self._materialize(x) for x in v)
-        if isinstance(v, dict):
-            return {k: self._materialize(x) for k, x in v.items()}
         return v
 
     def _call(self, oid: int, method: str, args: Any, kwargs: Any, keep_graph: bool | list) -> Any:
@@ -489,19 +478,22 @@ class Endpoint:
         return _plain(getattr(obj, name, None))
 
 
+def map_leaves(v: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``leaf`` applied to everything inside lists, tuples and dicts (their shape kept)."""
+    if isinstance(v, (list, tuple)):
+        return type(v)(map_leaves(x, leaf) for x in v)
+    if isinstance(v, dict):
+        return {k: map_leaves(x, leaf) for k, x in v.items()}
+    return leaf(v)
+
+
 def _floating(a: Any) -> bool:
     return isinstance(a, torch.Tensor) and a.is_floating_point()
 
 
 def _plain(v: Any) -> Any:
     """Detach tensors for sending (the sender's graph stays with the sender)."""
-    if isinstance(v, torch.Tensor):
-        return v.detach()
-    if isinstance(v, (list, tuple)):
-        return type(v)(_plain(x) for x in v)
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
+    return map_leaves(v, lambda x: x.detach() if isinstance(x, torch.Tensor) else x)
 
 
 # --------------------------------------------------------------------------- proxies
@@ -746,17 +738,14 @@ def _tensors(v: Any, name: str = "answer") -> list[tuple[str, torch.Tensor]]:
 
 
 def _to_device(v: Any, device: torch.device) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.to(device)
-    if isinstance(v, list):
-        return [_to_device(x, device) for x in v]
-    if isinstance(v, tuple):
-        return tuple(_to_device(x, device) for x in v)
-    if isinstance(v, dict):
-        return {k: _to_device(x, device) for k, x in v.items()}
-    if isinstance(v, torch.distributions.Distribution) and device.type != "cpu":
-        return _dist_to(v, device)
-    return v
+    def leaf(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.to(device)
+        if isinstance(x, torch.distributions.Distribution) and device.type != "cpu":
+            return _dist_to(x, device)
+        return x
+
+    return map_leaves(v, leaf)
 
 
 def _dist_to(d: torch.distributions.Distribution, device: torch.device):

@@ -97,15 +97,9 @@ class InProcessPlugin:
 
 
 def _unwrap(v: Any) -> Any:
-    from .oracle import Exposed
+    from .oracle import Exposed, map_leaves
 
-    if isinstance(v, Exposed):
-        return v.obj
-    if isinstance(v, dict):
-        return {k: _unwrap(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return type(v)(_unwrap(x) for x in v)
-    return v
+    return map_leaves(v, lambda x: x.obj if isinstance(x, Exposed) else x)
 
 
 def fit_in_process(task: Any, method: Any, data: Any, config: Any, method_ctx: Any,
