@@ -7,6 +7,6 @@ signal it goes at once; each cell has its own, and bwrap ends the plugin's whole
 namespace with the cell.
 """
 
-from .runner import die_with_parent
+from .sandbox import die_with_parent
 
 die_with_parent()

@@ -11,7 +11,6 @@ hash, method source hash and seed (resume) unless ``force``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import importlib
 import multiprocessing as mp
@@ -49,11 +48,10 @@ from .api import (
     stable_hash,
 )
 from .oracle import Auditor, PluginDied, PluginError, RemoteModule
-from .sandbox import PluginProcess
+from .sandbox import PluginProcess, die_with_parent
 from .store import append_result, read_results
 
 ProgressFn = Callable[[str, int, int], None]
-_PR_SET_PDEATHSIG = 1
 _MAX_ERROR = 8000  # characters of an error kept in a record
 
 
@@ -359,12 +357,6 @@ def git_commit() -> str | None:
         return sha.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:

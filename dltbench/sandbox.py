@@ -141,13 +141,17 @@ def bwrap_command(
     return args, pythonpath
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _limits(memory_mb: float | None, cpu_only: bool):
     """preexec_fn: die with the cell, no core dumps, an address-space cap on CPU."""
 
     def apply() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        die_with_parent()
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if memory_mb and cpu_only:  # CUDA reserves huge address ranges: no AS cap there
             cap = int((memory_mb + _AS_HEADROOM_MB) * 2**20)
