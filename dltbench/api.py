@@ -207,7 +207,9 @@ class Task(ABC):
         reply = plugin.request("fit", self.train_view(data, config), config)
         if self.artifact_kind == "value" or not getattr(plugin, "remote", True):
             return reply
-        return RemoteArtifact.from_reply(plugin.endpoint, reply, ctx.device)
+        from .oracle import RemoteModule  # the oracle imports this module
+
+        return RemoteModule.from_reply(plugin.endpoint, reply, ctx.device)
 
     @abstractmethod
     def evaluate(self, artifact: Any, data: Any, config: Any, ctx: Context) -> Evaluation:
@@ -266,29 +268,6 @@ class Task(ABC):
         """The values of ``setting_keys`` in ``config``."""
         cfg = config_dict(config)
         return {k: cfg[k] for k in self.setting_keys}
-
-
-class RemoteArtifact:
-    """Marker base; see :class:`dltbench.oracle.RemoteModule` (defined there to avoid a cycle)."""
-
-    @staticmethod
-    def from_reply(endpoint: Any, reply: Any, device: torch.device) -> Any:
-        """The harness's proxy for an artifact the plugin process keeps."""
-        from .oracle import ProtocolError, RemoteModule
-
-        if not isinstance(reply, dict) or not isinstance(reply.get("oid"), int):
-            raise ProtocolError("the plugin process answered fit with no artifact handle")
-        dtype = getattr(torch, str(reply.get("dtype")), None)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            dtype = torch.float32
-        proxy = RemoteModule(endpoint, reply["oid"], dtype=dtype, device=device)
-        proxy.is_module = bool(reply.get("is_module"))
-        proxy.type_name = str(reply.get("type", ""))[:100]
-        attrs = reply.get("attributes")
-        proxy.attributes = attrs if isinstance(attrs, dict) else {}
-        methods = reply.get("methods")
-        proxy.methods = {str(m) for m in methods} if isinstance(methods, list) else set()
-        return proxy
 
 
 def _fmt(bound: float | None) -> str:

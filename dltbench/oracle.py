@@ -586,6 +586,23 @@ class RemoteModule(RemoteObject):
         #: Re-asks a few rows of some answers of a fresh copy of the artifact (see Auditor).
         self.auditor: Auditor | None = None
 
+    @classmethod
+    def from_reply(cls, endpoint: Endpoint, reply: Any, device: torch.device) -> RemoteModule:
+        """The harness's proxy for an artifact a plugin process keeps, from its fit reply."""
+        if not isinstance(reply, dict) or not isinstance(reply.get("oid"), int):
+            raise ProtocolError("the plugin process answered fit with no artifact handle")
+        dtype = getattr(torch, str(reply.get("dtype")), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            dtype = torch.float32
+        proxy = cls(endpoint, reply["oid"], dtype=dtype, device=device)
+        proxy.is_module = bool(reply.get("is_module"))
+        proxy.type_name = str(reply.get("type", ""))[:100]
+        attrs = reply.get("attributes")
+        proxy.attributes = attrs if isinstance(attrs, dict) else {}
+        methods = reply.get("methods")
+        proxy.methods = {str(m) for m in methods} if isinstance(methods, list) else set()
+        return proxy
+
     def _checked(self, method: str, args: tuple, out: Any) -> Any:
         out = _to_device(out, self.device)
         if self._check is not None:

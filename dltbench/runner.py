@@ -41,7 +41,6 @@ from . import __version__, registry
 from .api import (
     Context,
     InvalidArtifact,
-    RemoteArtifact,
     Result,
     Task,
     config_dict,
@@ -275,9 +274,7 @@ def _start_audit(plugin: PluginProcess, auditor: PluginProcess, artifact, spec: 
             f"copy of it): {str(exc).splitlines()[0]}"
         ) from exc
     auditor.request("init", spec)
-    fresh = RemoteArtifact.from_reply(
-        auditor.endpoint, auditor.request("restore", blob), ctx.device
-    )
+    fresh = RemoteModule.from_reply(auditor.endpoint, auditor.request("restore", blob), ctx.device)
     gen = torch.Generator().manual_seed(int(ctx.rng.integers(2**62)))
     artifact.auditor = Auditor(fresh, gen)
     return artifact.auditor
