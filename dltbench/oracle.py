@@ -403,6 +403,8 @@ class Endpoint:
             raise ProtocolError(f"no object {oid!r}")
         if not isinstance(method, str):
             raise ProtocolError("method name must be a string")
+        if not self.trusted_peer and not isinstance(obj, Exposed):
+            raise ProtocolError(f"object {oid!r} is not exposed to the plugin")
         if isinstance(obj, Exposed):  # harness side: allow-list only
             if method not in obj.methods:
                 raise ProtocolError(f"method {method!r} is not exposed to the plugin")
