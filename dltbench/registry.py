@@ -242,7 +242,7 @@ def method_infos(task: str | None = None) -> list[dict[str, Any]]:
         if origin == "builtin" or (task is not None and t != task):
             continue
         out.append({
-            "task": t, "name": n, "version": str(cls.version), "source_hash": source_hash(cls),
+            "task": t, "name": n, "version": str(cls.version),
             "params": jsonable(cls().get_params()), "origin": origin,
             "description": cls.description(), "requires": list(getattr(cls, "requires", ())),
             "module": cls.__module__,
