@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from .runner import (
     Cell,
     RunInterrupted,
     RunOptions,
+    file_sha256,
     identity,
     parse_duration,
     pending_cells,
@@ -136,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common_io(run)
     run.add_argument("--plugin", action="append", default=[], metavar="FILE",
                      help="load methods from a Python file that is not installed (repeatable)")  # fmt: skip
+    run.add_argument("--attach", action="append", default=[], metavar="FILE",
+                     help="let the methods read FILE (read-only, e.g. a checkpoint to score "
+                          "without retraining; repeatable); its sha256 is part of each "
+                          "record's method_params and config hash")  # fmt: skip
     run.add_argument(
         "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ..."
     )
@@ -346,6 +352,9 @@ def _run_task(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be a positive number of test points, got {args.limit}")
     cells = plan(task, methods, args.profile, seeds, smoke=args.smoke, limit=args.limit)
+    if args.attach:
+        attached = attachments(args.attach)
+        cells = [dataclasses.replace(c, attachments=attached) for c in cells]
     for cfg in dict.fromkeys(c.config for c in cells):
         task.check_data(cfg, args.data_dir)
     todo, kept = pending_cells(task, cells, opts)
@@ -586,6 +595,23 @@ def cmd_records(args: argparse.Namespace) -> int:
     return 0
 
 
+def attachments(paths: list[str]) -> tuple[tuple[str, str], ...]:
+    """(absolute path, sha256) of each ``--attach`` file; a UsageError if one is not a file."""
+    out = {}
+    for raw in paths:
+        path = Path(raw).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"--attach {raw}: no such file")
+        try:
+            out[str(path)] = file_sha256(path)
+        except OSError as exc:
+            raise UsageError(f"--attach {raw}: cannot read it ({exc.strerror})") from exc
+    names = [Path(p).name for p in out]
+    if len(set(names)) < len(names):
+        raise UsageError("--attach: two files with the same name (records key them by name)")
+    return tuple(out.items())
+
+
 def record_state(task: Task, rec: Result) -> str:
     """``current``, ``stale (which hashes differ)`` or ``unknown (...)`` for a record."""
     try:
@@ -594,7 +620,9 @@ def record_state(task: Task, rec: Result) -> str:
         hint = "; pass --plugin" if rec.method_origin.startswith("file") else ""
         return f"unknown (method {rec.method} is not registered{hint})"
     try:
-        ident = identity(task, Cell(task.name, rec.method, rec.profile, rec.config, rec.seed))
+        attached = (rec.method_params or {}).get("attachments") or {}
+        ident = identity(task, Cell(task.name, rec.method, rec.profile, rec.config, rec.seed,
+                                    tuple(attached.items())))  # fmt: skip
     except Exception as exc:  # a config the current task cannot read is stale too
         return f"stale (config unreadable now: {type(exc).__name__})"
     changed = [

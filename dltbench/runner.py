@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import multiprocessing as mp
 import os
@@ -63,6 +64,9 @@ class Cell:
     profile: str
     config: Any
     seed: int
+    #: Files the method may read (``run --attach``, e.g. a checkpoint to score without
+    #: retraining), as (absolute path, sha256 hex); their digests enter the config hash.
+    attachments: tuple[tuple[str, str], ...] = ()
 
     def label(self, task: Task) -> str:
         """A short human name, e.g. ``gaussian-aug sigma=0.25 seed=0``."""
@@ -126,6 +130,8 @@ def identity(task: Task, cell: Cell) -> dict[str, Any]:
     """The record fields that say which code and config produced a cell's numbers."""
     cls = registry.get_method_class(task.name, cell.method)
     params = cls().get_params()
+    if cell.attachments:  # another checkpoint is another computation: never resumed as this one
+        params["attachments"] = {Path(p).name: digest for p, digest in cell.attachments}
     cfg = config_dict(cell.config)
     return {
         "method_version": str(cls.version),
@@ -139,6 +145,26 @@ def identity(task: Task, cell: Cell) -> dict[str, Any]:
             [task.name, task.version, cell.profile, cfg, cell.method, cls.version, params]
         ),
     }
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_attachments(attachments: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """The attached files' paths, after checking each still has the digest the run planned with.
+
+    A file replaced mid-run would otherwise be scored under the first file's config hash.
+    """
+    for path, digest in attachments:
+        if file_sha256(path) != digest:
+            raise ValueError(f"attachment {path} changed since the run started (sha256 differs)")
+    return tuple(path for path, _ in attachments)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -209,9 +235,10 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
         # Only this cell's method's own file or module: another plugin of the same run must
         # not be imported beside it (it could patch this method's code).
         files, modules = _method_sources(task, [cell])
+        attached = check_attachments(cell.attachments)
         # Started first: its interpreter starts while the harness prepares the data.
         plugin = PluginProcess(
-            plugin_files=tuple(files), import_modules=modules,
+            plugin_files=tuple(files), import_modules=modules, attachments=attached,
             threads=torch.get_num_threads(), memory_mb=opts.memory_mb, device=device,
             sandbox=opts.sandbox, on_progress=progress,
         )  # fmt: skip
@@ -223,8 +250,8 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
         audit_on = opts.audit if opts.audit is not None else not cell.profile.endswith("-smoke")
         if task.artifact_kind == "remote" and audit_on:
             auditor = PluginProcess(
-                plugin_files=tuple(files), import_modules=modules, threads=1,
-                memory_mb=opts.memory_mb, device=device, sandbox=opts.sandbox,
+                plugin_files=tuple(files), import_modules=modules, attachments=attached,
+                threads=1, memory_mb=opts.memory_mb, device=device, sandbox=opts.sandbox,
             )  # fmt: skip
         data = task.prepare(cell.config, data_ctx)
         spec = {"task": task.name, "method": cell.method, "seed": method_ctx.seed,

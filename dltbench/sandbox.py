@@ -6,7 +6,8 @@ sandbox built on Linux namespaces, used by Flatpak) works, the worker runs in it
 
 * a filesystem of read-only binds of only what Python needs (system libraries, the
   Python installation and its site-packages, the dltbench package, the plugin's own
-  file) and a private writable scratch folder; the results, leaderboard and data
+  file, and the files the user attached with ``run --attach``, e.g. a checkpoint) and a
+  private writable scratch folder; the results, leaderboard and data
   folders, the git history and the datasets that ship inside packages are not there;
 * no network (a new, empty network namespace), its own PID and IPC namespaces, so it
   sees no harness process; it dies with the cell (``--die-with-parent``).
@@ -113,7 +114,10 @@ def _hidden_data_paths() -> list[Path]:
 
 
 def bwrap_command(
-    scratch: Path, plugin_files: tuple[str, ...], modules: tuple[str, ...]
+    scratch: Path,
+    plugin_files: tuple[str, ...],
+    modules: tuple[str, ...],
+    attachments: tuple[str, ...] = (),
 ) -> tuple[list[str], list[str]]:
     """The bwrap prefix for the worker and the PYTHONPATH entries it needs inside."""
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
@@ -127,7 +131,7 @@ def bwrap_command(
     for pkg_dir, root in _module_roots(modules):
         args += ["--ro-bind", str(pkg_dir), str(pkg_dir)]
         pythonpath.append(str(root))
-    for f in plugin_files:
+    for f in (*plugin_files, *attachments):
         p = str(Path(f).resolve())
         args += ["--ro-bind", p, p]
     for hidden in _hidden_data_paths():
@@ -169,6 +173,7 @@ class PluginProcess:
         *,
         plugin_files: tuple[str, ...] = (),
         import_modules: tuple[str, ...] = (),
+        attachments: tuple[str, ...] = (),
         threads: int = 1,
         memory_mb: float | None = None,
         device: torch.device | str = "cpu",
@@ -192,7 +197,9 @@ class PluginProcess:
         )  # fmt: skip
         cmd = [sys.executable, "-m", "dltbench.worker", str(theirs.fileno()), str(threads)]
         if use_bwrap:
-            prefix, pythonpath = bwrap_command(self.scratch, plugin_files, import_modules)
+            prefix, pythonpath = bwrap_command(
+                self.scratch, plugin_files, import_modules, attachments
+            )
             cmd = prefix + cmd
         else:
             pythonpath = [str(_package_dir().parent)] + [
