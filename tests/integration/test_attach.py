@@ -30,7 +30,8 @@ def records(dirs) -> list[dict]:
 
 
 def run(dirs, plugin: Path, *extra: str) -> int:
-    args = ["run", "--task", "robust", "--smoke", "--method", "checkpoint", "--plugin", str(plugin)]
+    args = ["run", "--task", "robust", "--smoke", "--method", "checkpoint"]
+    args += ["--plugin", str(plugin)]
     return main([*args, *cli_args(dirs), *extra])
 
 
