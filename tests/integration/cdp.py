@@ -8,6 +8,7 @@ collect console errors, take a screenshot), without websockets, Selenium or Play
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -171,18 +172,14 @@ class Browser:
 
     def close(self) -> None:
         """End the browser (politely, then for good)."""
-        try:
+        with contextlib.suppress(CDPError, OSError):
             self.send("Browser.close")
-        except (CDPError, OSError):
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         for fd in (self._cmd_w, self._out_r):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.log.close()
