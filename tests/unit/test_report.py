@@ -187,7 +187,7 @@ def test_image_grid_layout_ranges_and_shapes():
     assert (grid[3:, 3:] == 1).all() and (grid[2, :] == 1).all()  # empty cell and gaps
     assert figures.image_grid(np.zeros((2, 3)), None, None) is None  # not square
     colour = figures.image_grid(np.random.default_rng(0).random((2, 3 * 2 * 2)), (3, 2, 2), None)
-    assert colour.shape == (2, 5, 3) and 0 <= colour.min() and colour.max() <= 1
+    assert colour.shape == (2, 5, 3) and colour.min() >= 0 and colour.max() <= 1
 
 
 def test_points_need_an_n_by_2_curve():
