@@ -332,6 +332,7 @@ def _draw_line(axes, panel: Panel) -> None:
 def _draw_bars(axes, panel: Panel) -> None:
     ax = axes[0]
     ax.set_axisbelow(True)
+    ax.grid(axis="x", visible=False)
     methods = panel.series[0].x
     width = 0.8 / len(panel.series)
     pos = np.arange(len(methods))

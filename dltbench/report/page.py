@@ -42,6 +42,7 @@ th, td { padding: 0.3rem 0.55rem; border-bottom: 1px solid var(--line); text-ali
   vertical-align: top; }
 thead th { background: var(--head); position: sticky; top: 0; white-space: nowrap; }
 td.num { text-align: right; white-space: nowrap; }
+td.method { white-space: nowrap; }
 td.primary, th.primary { font-weight: 600; }
 tr.rank-1 td { background: var(--best); }
 th button { all: unset; cursor: pointer; }

@@ -223,7 +223,7 @@ def _table(p: TaskPage, label: str, rows: pd.DataFrame) -> str:
         cells = [
             f'<td class="num" data-sort="{int(rank) if ranked else ""}">'
             f"{int(rank) if ranked else '-'}</td>",
-            f"<td>{escape(str(row['method']))}</td>",
+            f'<td class="method">{escape(str(row["method"]))}</td>',
         ]
         for m in metrics:
             mean = figures._num(row.get(f"{m}_mean"))

@@ -239,3 +239,20 @@ def test_the_tables_sort_in_chromium(site, browser):
     got = browser.evaluate(SORT_JS)
     up = [float(v) for v in got["up"]]
     assert up == sorted(up) and [float(v) for v in got["down"]] == sorted(up, reverse=True)
+
+
+@pytest.mark.slow  # a real smoke run (sandboxed cells): ~10 s; report_hint itself is unit-tested
+def test_run_says_where_the_report_goes_and_the_report_reads_fresh_records(dirs, tmp_path, capsys):
+    """A fresh smoke run (one seed: no std) prints the report line; the report builds from it."""
+    args = ["--results-dir", str(dirs["results"])]
+    rc = main(["run", "--task", "certified", "--smoke", "--method", "standard", *args,
+               "--leaderboard-dir", str(dirs["leaderboards"])])  # fmt: skip
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert (f"report: report/certified.html (make it: dltbench report --task certified "
+            f"--results-dir {dirs['results']} --out report)") in err  # fmt: skip
+    out = tmp_path / "site"
+    assert main(["report", "--task", "certified", *args, "--out", str(out)]) == 0
+    page = (out / "certified.html").read_text()
+    assert page.count('data-method="standard"') == 2  # one row per sigma
+    assert "quick-smoke" in page and 'class="plot"' in page
