@@ -422,6 +422,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_site
     from .report.site import tasks_with_records
 
+    try:
+        import matplotlib  # noqa: F401 (drawn lazily; say what is missing before any work)
+    except ImportError as exc:
+        raise UsageError(
+            "dltbench report draws its plots with matplotlib, which is not installed: "
+            "pip install 'dltbench[report]' (or pip install matplotlib)"
+        ) from exc
+
     names = list(dict.fromkeys(args.task or tasks_with_records(args.results_dir)))
     if not names:
         raise UsageError(f"no records in {args.results_dir}: run `dltbench run --task T` first")
