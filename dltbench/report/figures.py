@@ -155,8 +155,8 @@ def _bars(task, spec: Bars, rows, by_id, label) -> Panel:
     for metric, name in zip(spec.metrics, labels, strict=True):
         if f"{metric}_mean" not in rows.columns:
             continue
-        means = [_num(v) for v in rows[f"{metric}_mean"]]
-        stds = [_num(v) for v in rows[f"{metric}_std"]]
+        means = [finite(v) for v in rows[f"{metric}_mean"]]
+        stds = [finite(v) for v in rows[f"{metric}_std"]]
         if all(m is None for m in means):
             continue
         series.append(Series(name, methods, means, stds, ids))
@@ -168,7 +168,7 @@ def _bars(task, spec: Bars, rows, by_id, label) -> Panel:
 def _scatter(task, spec: Scatter, rows, by_id, label) -> Panel:
     series = []
     for _, row in rows.iterrows():
-        x, y = _num(row.get(f"{spec.x}_mean")), _num(row.get(f"{spec.y}_mean"))
+        x, y = finite(row.get(f"{spec.x}_mean")), finite(row.get(f"{spec.y}_mean"))
         if x is None or y is None:
             continue
         series.append(Series(row["method"], [x], [y], None, str(row["records"]).split(),
@@ -232,7 +232,8 @@ def _vector(value: Any) -> np.ndarray | None:
     return arr if arr.ndim == 1 and arr.size else None
 
 
-def _num(v: Any) -> float | None:
+def finite(v: Any) -> float | None:
+    """``v`` as a float if it is a finite number, else None (NaN, None, text)."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -313,7 +314,9 @@ def draw(panel: Panel):
 
 
 def _has_nonpositive(panel: Panel, axis: str) -> bool:
-    vals = [v for s in panel.series for v in (s.x if axis == "x" else s.y) if _num(v) is not None]
+    vals = [
+        v for s in panel.series for v in (s.x if axis == "x" else s.y) if finite(v) is not None
+    ]
     return any(v <= 0 for v in vals)
 
 

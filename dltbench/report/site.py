@@ -226,7 +226,7 @@ def _table(p: TaskPage, label: str, rows: pd.DataFrame) -> str:
             f'<td class="method">{escape(str(row["method"]))}</td>',
         ]
         for m in metrics:
-            mean = figures._num(row.get(f"{m}_mean"))
+            mean = figures.finite(row.get(f"{m}_mean"))
             cls = "num primary" if m == t.primary_metric else "num"
             cells.append(f'<td class="{cls}" data-sort="{"" if mean is None else repr(mean)}">'
                          f"{escape(_cell(row, m))}</td>")  # fmt: skip
