@@ -62,6 +62,8 @@ img.plot { width: 100%; height: auto; display: block; }
 img.samples { width: 100%; height: auto; image-rendering: pixelated; display: block;
   border: 1px solid var(--line); }
 ul.tasks { padding-left: 1.1rem; }
+table.legend td:first-child { white-space: nowrap; }
+table.legend td:last-child { min-width: 14rem; }
 """
 
 #: Click a column's header to sort its table by it (numbers as numbers, blanks last);
