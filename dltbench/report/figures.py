@@ -291,7 +291,7 @@ def draw(panel: Panel):
     plt = _pyplot()
     with plt.rc_context(_STYLE):
         n = len(panel.series) if panel.kind == "points" else 1
-        fig, axes = plt.subplots(1, n, figsize=(5.2, 3.4 if n == 1 else 5.6 / n + 0.9),
+        fig, axes = plt.subplots(1, n, figsize=(5.2, 3.4 if n == 1 else 5.2 / n + 0.6),
                                  sharex=True, sharey=True, squeeze=False)  # fmt: skip
         axes = axes[0]
         _DRAW[panel.kind](axes, panel)
