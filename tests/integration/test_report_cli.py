@@ -220,9 +220,7 @@ def test_every_page_loads_in_chromium_clean_complete_and_phone_usable(site, brow
             assert (bright < 60) if dark else (bright > 200), f"{where}: {got['background']}"
             ids[page] = set(got["ids"])
             links += [(page.name, href) for href in got["links"]]
-            png = browser.screenshot(
-                shots / f"{mode}-{page.stem}.png", full_page=mode == "phone"
-            )
+            png = browser.screenshot(shots / f"{mode}-{page.stem}.png", full_page=mode == "phone")
             assert _not_blank(png), f"{where}: the screenshot is blank"
     assert browser.errors() == []
     for source, href in links:
