@@ -101,13 +101,11 @@ Spec = Line | Bars | Scatter | Points | ImageGrid
 SPEC_TYPES: tuple[type, ...] = (Line, Bars, Scatter, Points, ImageGrid)
 
 
-def plots_module_name(task: Task) -> str:
-    """The dotted name of the ``plots`` module next to the task's class."""
+def plots_module_name(task: Task) -> str | None:
+    """The dotted name of the ``plots`` module next to the task's class (None outside a package)."""
     module = inspect.getmodule(type(task))
     package = module.__package__ if module is not None else None
-    if not package:
-        raise ReportError(f"task {task.name!r} is not in a package: it can have no plots.py")
-    return f"{package}.plots"
+    return f"{package}.plots" if package else None
 
 
 def default_plots(task: Task) -> list[Spec]:
@@ -118,6 +116,8 @@ def default_plots(task: Task) -> list[Spec]:
 def task_plots(task: Task) -> list[Spec]:
     """The plots ``task`` declares in its package's ``plots.py``, checked; the default if none."""
     name = plots_module_name(task)
+    if name is None:  # a task defined in a lone module has nowhere to keep a plots.py
+        return default_plots(task)
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as exc:

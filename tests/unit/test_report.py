@@ -233,3 +233,23 @@ def test_run_says_where_the_report_would_be_and_how_to_make_it():
         "report: report/certified.html (make it: dltbench report --task certified --out report)"
     )
     assert "--results-dir /tmp/r " in report_hint("certified", Path("/tmp/r"))
+
+
+def test_records_not_signed_by_the_harness_are_not_in_the_report(tmp_path):
+    """The report reads what the leaderboard reads: an edited record is neither a row nor a
+    line of a plot, and the page says it was skipped."""
+    import json
+    import shutil
+
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy2(ROOT / "results" / ".dltbench-key", results)
+    lines = (ROOT / "results" / "certified.jsonl").read_text().splitlines()
+    forged = json.loads(lines[0])
+    forged["metrics"]["acr"] = 0.99
+    (results / "certified.jsonl").write_text("\n".join([json.dumps(forged), *lines[1:]]) + "\n")
+    page = site.collect(registry.get_task("certified"), results)
+    assert forged["id"] not in page.records
+    assert forged["id"] not in " ".join(page.board["records"])
+    assert all(forged["id"] not in s.records for p in page.panels for s in p.series)
+    assert "1 not written by the harness" in site.task_page(page, "", results)
