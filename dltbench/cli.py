@@ -1,4 +1,4 @@
-"""The ``dltbench`` command: list, run, leaderboard, records, validate."""
+"""The ``dltbench`` command: list, run, leaderboard, report, records, validate."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ examples:
       --plugin examples/certified-label-smoothing/dltbench_label_smoothing.py
   dltbench run --task certified --profile standard --data-dir ~/data   # MNIST from ~/data/MNIST/raw
   dltbench leaderboard --task certified --format md --method gaussian-aug --setting sigma=0.25
+  dltbench report --out report                        # HTML: report/index.html, one page per task
   dltbench records --task certified --stale
   dltbench validate --task certified \
       --plugin examples/certified-label-smoothing/dltbench_label_smoothing.py
@@ -60,6 +61,9 @@ records with possible values and say what they skipped.
 Exit status: 0 all cells ok, 1 some cell failed/timed out/was invalid or a record could
 not be stored, 2 bad input.
 """
+
+#: Where ``dltbench report`` writes its pages by default.
+REPORT_DIR = "report"
 
 #: Seconds between heartbeat lines for running cells when stderr is not a terminal.
 HEARTBEAT_S = 30.0
@@ -190,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_io(lb)
     lb.set_defaults(func=cmd_leaderboard)
+
+    rep = sub.add_parser(
+        "report", help="build an HTML report (tables, plots, provenance) from the records",
+        description="Build a static site from the signed records alone (nothing is rerun): "
+        "index.html with each task's best method per setting, and one page per task with its "
+        "sortable leaderboard, the plots its plots.py declares, sample grids and the provenance "
+        "of every row. Self-contained: it opens from file:// with no network.",
+    )  # fmt: skip
+    rep.add_argument("--task", nargs="+", metavar="T",
+                     help="tasks to report (default: every task with records in --results-dir)")  # fmt: skip
+    rep.add_argument("--out", type=Path, default=Path(REPORT_DIR),
+                     help=f"folder to write the pages to (default ./{REPORT_DIR})")  # fmt: skip
+    rep.add_argument(
+        "--results-dir", type=Path, default=Path("results"), help="records (default ./results)"
+    )
+    rep.set_defaults(func=cmd_report)
 
     rec = sub.add_parser(
         "records", help="list a task's records; find and prune stale ones",
@@ -382,6 +402,7 @@ def _run_task(args: argparse.Namespace) -> int:
     _report_skipped(df)
     where = f"  leaderboard: {csv_path}, {md_path}" if csv_path else ""
     err.print(f"records: {args.results_dir / (task.name + '.jsonl')}{where}")
+    err.print(report_hint(task.name, args.results_dir), markup=False)
     if store_error is not None:
         err.print(
             f"[bold red]error:[/] {store_error}; the run stopped, the records stored so far "
@@ -395,6 +416,44 @@ def _run_task(args: argparse.Namespace) -> int:
                 f"  {r.method} {r.setting} seed={r.seed}: {r.status}: {_first_line(r.error)}"
             )
         return 1
+    return 0
+
+
+def report_hint(task: str, results_dir: Path) -> str:
+    """Where this task's HTML report page would be, and the command that makes it."""
+    where = Path(REPORT_DIR) / f"{task}.html"
+    results = "" if results_dir == Path("results") else f" --results-dir {results_dir}"
+    return f"report: {where} (make it: dltbench report --task {task}{results} --out {REPORT_DIR})"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Build the HTML report of some or all tasks from their records; print where it is."""
+    from .report import build_site
+    from .report.site import tasks_with_records
+
+    try:
+        import matplotlib  # noqa: F401 (drawn lazily; say what is missing before any work)
+    except ImportError as exc:
+        raise UsageError(
+            "dltbench report draws its plots with matplotlib, which is not installed: "
+            "pip install 'dltbench[report]' (or pip install matplotlib)"
+        ) from exc
+
+    names = list(dict.fromkeys(args.task or tasks_with_records(args.results_dir)))
+    if not names:
+        raise UsageError(f"no records in {args.results_dir}: run `dltbench run --task T` first")
+    for name in names:
+        registry.discover(name)
+        task = registry.get_task(name)  # an unknown name: one line with the valid ones
+        if not load_results(args.results_dir, task.name).records:
+            raise UsageError(
+                f"no signed records of {task.name} in {args.results_dir}: "
+                f"run `dltbench run --task {task.name}` first"
+            )
+    pages = build_site(args.results_dir, args.out, names)
+    for path in pages:
+        out.print(str(path), markup=False)
+    err.print(f"report: open {pages[0].resolve().as_uri()}", markup=False)
     return 0
 
 

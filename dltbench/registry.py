@@ -406,11 +406,19 @@ def method_origin(task: str, name: str) -> str:
     return _ORIGIN[(task, name)]
 
 
+#: Files of a task package that are presentation, not evaluation: ``plots.py`` declares how
+#: ``dltbench report`` draws the curves records already hold, and no number in a record depends
+#: on it. Hashing it would make every record of the task stale when a plot's title changes.
+PRESENTATION_FILES: frozenset[str] = frozenset({"plots.py"})
+
+
 def task_source_hash(cls: type[Task]) -> str:
-    """sha256 of the evaluator's code: the task's package and the shared data and model code."""
+    """sha256 of the evaluator's code: the task's package (less its presentation files, see
+    ``PRESENTATION_FILES``) and the shared data and model code."""
     pkg = Path(inspect.getfile(cls)).resolve().parent
     here = Path(__file__).resolve().parent
-    files = sorted(pkg.glob("*.py")) + [here / "models.py", here / "data" / "__init__.py"]
+    own = [f for f in sorted(pkg.glob("*.py")) if f.name not in PRESENTATION_FILES]
+    files = own + [here / "models.py", here / "data" / "__init__.py"]
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
