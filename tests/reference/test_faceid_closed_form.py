@@ -97,7 +97,9 @@ def test_cosine_rule_matches_insightfaces_distance_rule():
     rng = np.random.default_rng(4)
     same = np.tile(np.r_[np.ones(40, bool), np.zeros(40, bool)], 10)
     e1 = rng.normal(size=(len(same), 8))
-    e2 = np.where(same[:, None], e1 + rng.normal(scale=0.9, size=e1.shape), rng.normal(size=e1.shape))
+    e2 = np.where(
+        same[:, None], e1 + rng.normal(scale=0.9, size=e1.shape), rng.normal(size=e1.shape)
+    )
     e1 /= np.linalg.norm(e1, axis=1, keepdims=True)
     e2 /= np.linalg.norm(e2, axis=1, keepdims=True)
     dist = ((e1 - e2) ** 2).sum(1)
@@ -137,14 +139,18 @@ def test_cosface_and_arcface_target_logits_closed_form():
     cos = torch.tensor([[0.9, 0.1], [-0.3, 0.2]], dtype=torch.float64)
     y = torch.tensor([0, 0])
     cf = losses.cosface_logits(cos, y, s=30.0, m=0.35)
-    assert torch.allclose(cf, 30 * torch.tensor([[0.9 - 0.35, 0.1], [-0.3 - 0.35, 0.2]], dtype=cos.dtype))
+    assert torch.allclose(
+        cf, 30 * torch.tensor([[0.9 - 0.35, 0.1], [-0.3 - 0.35, 0.2]], dtype=cos.dtype)
+    )
     af = losses.arcface_logits(cos, y, s=64.0, m=0.5)
     theta = math.acos(0.9)
     assert af[0, 0].item() == pytest.approx(64 * math.cos(theta + 0.5))
     assert af[0, 1].item() == pytest.approx(64 * 0.1)
     # theta + m > pi: insightface's fallback cos - m sin(pi - m)
     low = torch.tensor([-0.95], dtype=torch.float64)
-    assert losses.arcface_target(low, 0.5).item() == pytest.approx(-0.95 - 0.5 * math.sin(math.pi - 0.5))
+    assert losses.arcface_target(low, 0.5).item() == pytest.approx(
+        -0.95 - 0.5 * math.sin(math.pi - 0.5)
+    )
 
 
 def test_arcface_target_is_non_increasing_in_theta():

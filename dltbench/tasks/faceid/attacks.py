@@ -105,6 +105,7 @@ class AttackOutcome:
 
     def summary(self) -> dict[str, float]:
         """Accuracy after attack and success rates among the pairs that were right."""
+
         def rate(sel: np.ndarray) -> float:
             ok = sel & self.clean_correct
             return float((ok & ~self.adv_correct).sum() / ok.sum()) if ok.any() else float("nan")

@@ -26,6 +26,23 @@ from ...api import DataMissing
 
 #: Folds of the verification protocol (LFW View 2).
 N_FOLDS = 10
+#: The seed of the synthetic test identities, pairs and nuisance. A .json file of the
+#: package: the sandbox hides it from plugin processes (as it hides scikit-learn's data
+#: files), so a plugin cannot call :func:`make_synthetic` to regenerate the test pairs.
+TEST_SEED_FILE = Path(__file__).with_name("synthetic_test_seed.json")
+
+
+def synthetic_test_seed() -> int:
+    """The harness-owned seed of the synthetic test split (unreadable inside the sandbox)."""
+    import json
+
+    try:
+        return int(json.loads(TEST_SEED_FILE.read_text())["test_seed"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataMissing(
+            f"the synthetic test seed {TEST_SEED_FILE} is unreadable here (plugin processes "
+            "never see it)"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -100,7 +117,8 @@ class TrainView:
 class SyntheticSpec:
     """How the synthetic stand-in is generated (all fixed by the profile, not the run seed)."""
 
-    seed: int = 20250611
+    seed: int = 20250611  # training identities and their images
+    test_seed: int | None = None  # None: synthetic_test_seed() (harness-owned file)
     side: int = 24
     train_identities: int = 300
     train_images: int = 16  # per training identity
@@ -132,7 +150,10 @@ def _identity_params(n: int, spec: SyntheticSpec, gen: torch.Generator) -> dict[
 
 
 def render(
-    params: dict[str, torch.Tensor], labels: torch.Tensor, spec: SyntheticSpec, gen: torch.Generator
+    params: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    spec: SyntheticSpec,
+    gen: torch.Generator,
 ) -> torch.Tensor:
     """Images (N, 1, side, side) in [0, 1] of identities ``labels`` with fresh nuisance."""
     n, s = len(labels), spec.side
@@ -206,29 +227,37 @@ def make_pairs(
 
 
 def make_synthetic(spec: SyntheticSpec = SyntheticSpec()) -> FaceData:
-    """The synthetic stand-in: train on ``train_identities``, verify on disjoint test identities."""
+    """The synthetic stand-in: train on ``train_identities``, verify on disjoint test identities.
+
+    Training identities and images come from ``spec.seed``; test identities, their images
+    and the pairs from the test seed, which plugin processes cannot read.
+    """
+    test_seed = synthetic_test_seed() if spec.test_seed is None else spec.test_seed
     gen = torch.Generator().manual_seed(spec.seed)
-    n_id = spec.train_identities + spec.test_identities
-    params = _identity_params(n_id, spec, gen)
+    params = _identity_params(spec.train_identities, spec, gen)
     train_lab = torch.arange(spec.train_identities).repeat_interleave(spec.train_images)
-    test_lab = (spec.train_identities + torch.arange(spec.test_identities)).repeat_interleave(
-        spec.test_images
-    )
     train_x = render(params, train_lab, spec, gen)
-    test_x = render(params, test_lab, spec, gen)
-    rng = np.random.default_rng(spec.seed)
-    test_ids = np.arange(spec.train_identities, n_id)
+    test_gen = torch.Generator().manual_seed(test_seed)
+    test_params = _identity_params(spec.test_identities, spec, test_gen)
+    local = torch.arange(spec.test_identities).repeat_interleave(spec.test_images)
+    test_x = render(test_params, local, spec, test_gen)
+    test_lab = spec.train_identities + local  # identity names after the training ones
+    rng = np.random.default_rng(test_seed)
+    test_ids = np.arange(spec.train_identities, spec.train_identities + spec.test_identities)
     folds = np.array_split(test_ids, N_FOLDS)
     pairs = make_pairs(test_lab.numpy(), folds, spec.pairs_per_fold, rng)
     return FaceData(
-        name="synthetic",
+        name="synthetic" if spec == SyntheticSpec() else "synthetic-small",
         train_x=train_x,
         train_y=train_lab,
         train_ids=tuple(f"id{c}" for c in range(spec.train_identities)),
         test_x=test_x,
         test_ids=tuple(f"id{c}" for c in test_lab.tolist()),
         pairs=pairs,
-        info={"generator": "dltbench.tasks.faceid.data.make_synthetic", "spec": vars(spec)},
+        info={
+            "generator": "dltbench.tasks.faceid.data.make_synthetic",
+            "spec": {k: v for k, v in vars(spec).items() if k != "test_seed"},
+        },
     )
 
 
@@ -247,7 +276,9 @@ def lfw_home(data_dir: Path | None) -> Path:
     home = Path(data_dir) / "lfw_home"
     missing = [p for p in (home / "pairs.txt", home / "lfw_funneled") if not p.exists()]
     if missing:
-        raise DataMissing(f"LFW not found: missing {', '.join(map(str, missing))}; expected {want}")
+        raise DataMissing(
+            f"LFW not found: missing {', '.join(map(str, missing))}; expected {want}"
+        )
     return home
 
 
@@ -358,10 +389,18 @@ def load_casia_lfw(data_dir: Path | None, side: int = 112) -> FaceData:
     )  # fmt: skip
 
 
-def load(name: str, data_dir: Path | None, synthetic: SyntheticSpec | None = None) -> FaceData:
-    """A dataset by name: ``synthetic`` (embedded), ``lfw`` or ``casia-lfw`` (from --data-dir)."""
+#: A tenth of the quick set for smoke runs and tests (seconds); too few pairs for TAR@1e-3.
+SMALL_SPEC = SyntheticSpec(train_identities=60, train_images=8, test_identities=20,
+                           test_images=6, pairs_per_fold=20)  # fmt: skip
+
+
+def load(name: str, data_dir: Path | None) -> FaceData:
+    """A dataset by name: ``synthetic``, ``synthetic-small`` (embedded), ``lfw`` or
+    ``casia-lfw`` (from --data-dir)."""
     if name == "synthetic":
-        return make_synthetic(synthetic or SyntheticSpec())
+        return make_synthetic(SyntheticSpec())
+    if name == "synthetic-small":
+        return make_synthetic(SMALL_SPEC)
     if name == "lfw":
         return load_lfw(data_dir)
     if name == "casia-lfw":

@@ -78,7 +78,10 @@ def arcface_logits(
 
 
 def sphereface_lambda(
-    iteration: int, base: float = 1000.0, gamma: float = 0.12, power: float = 1.0,
+    iteration: int,
+    base: float = 1000.0,
+    gamma: float = 0.12,
+    power: float = 1.0,
     lambda_min: float = 5.0,
 ) -> float:
     """SphereFace's annealing: lam = max(lambda_min, base (1 + gamma it)^-power)."""  # fmt: skip

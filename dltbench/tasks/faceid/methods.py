@@ -69,7 +69,9 @@ class _Trained(FaceIDMethod):
         head = self.head(config.embedding_dim, data.num_identities, dev)
         params = list(net.parameters()) + (list(head.parameters()) if head is not None else [])
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        per_epoch = len(_batches(data, config.batch_size, self.pk, torch.Generator().manual_seed(0)))
+        per_epoch = len(
+            _batches(data, config.batch_size, self.pk, torch.Generator().manual_seed(0))
+        )
         total = max(1, config.epochs * per_epoch)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         x_all, y_all = data.x.to(dev), data.y.to(dev)
