@@ -121,7 +121,7 @@ class SyntheticSpec:
     test_seed: int | None = None  # None: synthetic_test_seed() (harness-owned file)
     side: int = 24
     train_identities: int = 300
-    train_images: int = 16  # per training identity
+    train_images: int = 12  # per training identity
     test_identities: int = 100  # split evenly over the folds
     test_images: int = 10  # per test identity
     pairs_per_fold: int = 100  # matched and as many mismatched

@@ -52,9 +52,9 @@ class FaceIDConfig:
 
 
 _PROFILES = {
-    "quick": dict(dataset="synthetic", arch="small-cnn", embedding_dim=64, epochs=12,
-                  batch_size=128, attack_pairs=200, attack_steps=10, linf_eps=0.03, l2_eps=0.5,
-                  nc_images_per_identity=16),
+    "quick": dict(dataset="synthetic", arch="small-cnn", embedding_dim=64, epochs=8,
+                  batch_size=128, attack_pairs=100, attack_steps=5, linf_eps=0.01, l2_eps=0.25,
+                  nc_images_per_identity=12),
     "standard": dict(dataset="lfw", arch="small-cnn", embedding_dim=128, epochs=30,
                      batch_size=128, attack_pairs=600, attack_steps=20, linf_eps=2 / 255,
                      l2_eps=0.5, nc_images_per_identity=10),
