@@ -58,3 +58,26 @@ def test_hostile_plugins_reach_nothing_and_bad_embeddings_are_invalid(tmp_path):
     assert "non-finite" in recs["test-nan-embedding"].error
     assert recs["test-batch-dependent"].status == "invalid"
     assert "audit" in recs["test-batch-dependent"].error
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--profile", "standard"], "--data-dir"),
+        (["--profile", "standard", "--data-dir", "/nonexistent"], "lfw_home/pairs.txt"),
+        (["--profile", "paper", "--data-dir", "/nonexistent"], "lfw_home/pairs.txt"),
+    ],
+)
+def test_missing_lfw_is_one_clear_line_and_exit_2(extra, message, dirs, capsys):
+    assert main(["run", "--task", "faceid", *extra, *cli_args(dirs)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_paper_profile_names_the_casia_folder(tmp_path, dirs, capsys):
+    (tmp_path / "lfw_home" / "lfw_funneled").mkdir(parents=True)
+    (tmp_path / "lfw_home" / "pairs.txt").write_text("10\t300\n")
+    argv = ["run", "--task", "faceid", "--profile", "paper", "--data-dir", str(tmp_path)]
+    assert main([*argv, *cli_args(dirs)]) == 2
+    err = capsys.readouterr().err
+    assert "casia-webface" in err and "Traceback" not in err
