@@ -9,7 +9,7 @@ from dltbench import registry
 from dltbench.api import Context, InvalidArtifact
 from dltbench.oracle import Exposed
 from dltbench.tasks.bnn import MLP, SETTINGS, BNNConfig, BNNPosterior, BNNRun, BNNTask, load_data
-from dltbench.tasks.bnn.methods import MCDropout
+from dltbench.tasks.bnn.methods import MCDropout, last_layer_ggn
 from dltbench.tasks.sampler.targets import DTYPE, LEDGER, evaluation_cost
 from dltbench.testing import fit_in_process
 
@@ -146,3 +146,23 @@ def test_each_builtin_trains_and_scores_on_smoke(method, dataset):
     assert 0 <= m["ece"] <= 1 and m["test_lpd"] <= 0 and m["ood_entropy"] >= 0
     if ev.estimator["reference"].startswith("shipped"):
         assert 0 <= m["tv_to_reference"] <= 1 and 0 <= m["agreement"] <= 1
+
+
+def test_last_layer_ggn_from_per_example_gradients_matches_the_jacobian_form():
+    post = small_posterior()
+    w = torch.randn(1, post.dim, generator=torch.Generator().manual_seed(4), dtype=DTYPE)
+    sw, sb = NET.layer_slices()[-1]
+    g = post.per_example_grad(w, torch.arange(post.n_data))[0]
+    got = last_layer_ggn(g[:, sw].reshape(-1, 5, 2), g[:, sb])
+    want = torch.zeros_like(got)
+    for i in range(post.n_data):
+        x = post._x[i : i + 1]
+
+        def f(last, i=i, x=x):
+            full = torch.cat([w[0, : sw.start], last])
+            return NET.logits_one(full, x)[0]
+
+        jac = torch.autograd.functional.jacobian(f, w[0, sw.start : sb.stop])  # (C, P_last)
+        p = torch.softmax(f(w[0, sw.start : sb.stop]), 0)
+        want += jac.T @ (torch.diag(p) - torch.outer(p, p)) @ jac
+    assert torch.allclose(got, want, atol=1e-10)

@@ -147,11 +147,13 @@ class MCDropout(_Builtin):
 
 
 @register_method(task="bnn", name="laplace")
-class DiagonalLaplace(_Builtin):
-    """Diagonal Laplace at the MAP, empirical-Fisher curvature: precision = sum_i g_i^2 + 1/prior_sd^2.
+class LastLayerLaplace(_Builtin):
+    """Last-layer Laplace at the MAP (Kristiadi et al. 2020) with the exact last-layer GGN.
 
-    g_i is point i's log-likelihood gradient at the MAP (the oracle's per-example
-    gradients, one pass over the train set); samples are drawn from the Gaussian.
+    The last layer's weights and biases get N(w_map, (GGN + I / prior_sd^2)^-1) and the
+    other layers stay at the MAP. For softmax outputs the GGN is sum_i (phi_i phi_i^T) kron
+    (diag(p_i) - p_i p_i^T), phi_i = [features_i, 1]; both phi_i and p_i are read off point
+    i's per-example gradient (bias part r = e_y - p, weight part phi r^T), one pass.
     """
 
     def __init__(self, batch_size: int = 128, lr: float = 3e-3, max_steps: int = 1000,
@@ -160,15 +162,43 @@ class DiagonalLaplace(_Builtin):
         self.chunk = chunk
 
     def posterior(self, target, problem, init, generator):
-        """MAP, one per-example-gradient pass for the curvature, then Gaussian draws."""
-        n = target.n_data
-        budget = problem["budget_evals"]
+        """MAP, one per-example-gradient pass for the GGN, then Gaussian draws."""
+        n, budget = target.n_data, problem["budget_evals"]
         w = self._map(target, init[:1], problem, max(0.0, 1 - 1.0 / budget), generator)
-        prec = torch.full_like(w[0], 1.0 / problem["prior_sd"] ** 2)
+        sizes = tuple(problem["sizes"])
+        fan_in, k = sizes[-2], sizes[-1]
+        sw, sb = MLP(sizes).layer_slices()[-1]
+        ggn = torch.eye((fan_in + 1) * k, dtype=w.dtype) / problem["prior_sd"] ** 2
         for i in range(0, n, self.chunk):
-            g = target.per_example_grad(w, torch.arange(i, min(n, i + self.chunk)))[0]
-            prec += (g**2).sum(0)
-        return w + _randn(problem["n_samples"], len(prec), generator, w) * prec.rsqrt()
+            g = target.per_example_grad(w, torch.arange(i, min(n, i + self.chunk)))[0].cpu()
+            ggn += last_layer_ggn(g[:, sw].reshape(-1, fan_in, k), g[:, sb])
+        # draws z with cov ggn^-1: solve L^T z = eps with ggn = L L^T
+        chol = torch.linalg.cholesky(ggn)
+        eps = _randn(problem["n_samples"], len(ggn), generator, w).cpu()
+        z = torch.linalg.solve_triangular(chol.T, eps.T, upper=True).T
+        out = w.repeat(problem["n_samples"], 1)
+        out[:, sw.start : sb.stop] += z.to(w.device)
+        return out
+
+
+def last_layer_ggn(g_w: torch.Tensor, g_b: torch.Tensor) -> torch.Tensor:
+    """Sum over points of the softmax GGN of the last layer, from per-example gradients.
+
+    ``g_w`` (n, fan_in, C) = phi r^T and ``g_b`` (n, C) = r = e_y - p are the gradients
+    of log p(y | x) in the last layer's weights and biases; returns the ((fan_in + 1) C)^2
+    matrix in the flat layout (W row-major, then b). Points with r = 0 (p_y = 1) add 0.
+    """
+    r2 = (g_b**2).sum(1)
+    ok = r2 > 0
+    g_w, g_b, r2 = g_w[ok], g_b[ok], r2[ok]
+    phi = torch.cat([torch.einsum("njc,nc->nj", g_w, g_b) / r2[:, None],
+                     torch.ones(len(g_b), 1, dtype=g_b.dtype)], 1)  # fmt: skip
+    y = g_b.argmax(1)  # the only positive entry of e_y - p
+    p = torch.nn.functional.one_hot(y, g_b.shape[1]).to(g_b.dtype) - g_b
+    h = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (n, C, C)
+    a = phi[:, :, None] * phi[:, None, :]  # (n, J, J)
+    c = g_b.shape[1]
+    return torch.einsum("njk,nab->jakb", a, h).reshape(a.shape[1] * c, a.shape[1] * c)
 
 
 @register_method(task="bnn", name="sgld")
@@ -185,7 +215,7 @@ class SGLD(BNNMethod):
 
     def posterior(self, target, problem, init, generator):
         """Warm-up and draws sized from the budget; every k-th draw of each chain returned."""
-        n, frac = target.n_data, min(self.batch_size, target.n_data) / target.n_data
+        frac = min(self.batch_size, target.n_data) / target.n_data
         # Fewest chains first to go when the budget cannot pay one warm-up step and one draw each.
         for c in range(min(self.n_chains, len(init)), 0, -1):
             budget = problem["budget_evals"] - c  # the warm-up's first gradient
