@@ -149,3 +149,27 @@ def test_tv_agreement_entropy_lpd_by_hand():
         np.mean(np.log([0.7, 0.6]))
     )
     assert M.accuracy(p, np.array([0, 0])) == 0.5
+
+
+# A short rerun (4 chains, 600 iterations) against the shipped long run: the TV it may
+# differ by is the short run's own Monte Carlo error, measured at ~0.01 (moons) and ~0.03
+# (digits) when the reference was made; the bounds leave room for another seed.
+RERUN_TV = {"moons-gap": 0.03, "digits": 0.06}
+
+
+@pytest.mark.slow  # about a minute per setting on an idle core
+@pytest.mark.parametrize("name", ["moons-gap", "digits"])
+def test_shipped_reference_agrees_with_a_short_hmc_rerun(name):
+    from dltbench.tasks.bnn.make_reference import hmc_predictive, load_reference
+
+    ref = load_reference(name)
+    assert ref is not None, "run python -m dltbench.tasks.bnn.make_reference"
+    diag = ref["diagnostics"]["test"]
+    assert diag["rhat_max"] < 1.1 and diag["ess_bulk_min"] > 50
+    assert diag["tv_between_chain_halves"] < 0.02
+    torch.set_num_threads(1)
+    run = hmc_predictive(name, chains=4, warmup=200, draws=400, thin=4, n_leapfrog=10, seed=7)
+    p = run["probs"]["test"].mean((0, 1))
+    tv = M.total_variation(p, np.asarray(ref["predictive_test"]))
+    assert tv < RERUN_TV[name], tv
+    assert M.agreement(p, np.asarray(ref["predictive_test"])) > 0.97
