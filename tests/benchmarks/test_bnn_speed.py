@@ -8,23 +8,13 @@ Run: pytest -m benchmark --benchmark-enable tests/benchmarks/test_bnn_speed.py
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
 from dltbench.tasks.bnn import SETTINGS, BNNPosterior, load_data
-
-
-def _best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from tests.benchmarks.test_sampler_speed import _best_of
 
 
 def _sequential_params(net, w):
