@@ -228,3 +228,19 @@ def test_quick_profile_has_each_threat_model_once_and_l2_radii_unchanged():
                    ("laplace", 0.25, "l1"), ("uniform", 0.25, "l1")]  # fmt: skip
     assert all(c.resolutions == ((1, 2, 4) if c.norm == "linf" else ()) for c in configs)
     assert isinstance(configs[0], CertifiedConfig) and configs[0].radii[-1] == 1.0
+
+
+def test_the_lipschitz_method_returns_a_plain_savable_model_with_its_declared_layers():
+    """The harness snapshots every artifact for its audits: a parametrized module cannot be."""
+    import io
+
+    from dltbench.tasks.certified.methods import LipschitzMargin
+
+    task, data, config, ctx = _task_inputs()
+    view = task.train_view(data, config)
+    model = LipschitzMargin(hidden=32).train(view, config, ctx)
+    torch.save(model, io.BytesIO())
+    x = data.test.x[:5]
+    rebuilt = rebuild(model.lipschitz_layers, 64, 10)
+    assert torch.allclose(rebuilt(x), model(x), atol=1e-5)
+    assert lipschitz_bound(rebuilt) == pytest.approx(1.0, rel=0.05)  # spectral normalisation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ...api import Context
 from ...data import ImageDataset
@@ -155,6 +156,11 @@ class LipschitzMargin(CertifiedMethod):
             push = (2.0**0.5) * self.eps * bound * (1.0 - F.one_hot(y, data.num_classes))
             return F.cross_entropy(self.temperature * (m(x) + push), y)
 
-        return fit_classifier(
+        model = fit_classifier(
             model, data.train, loss, ctx, config.epochs, self.batch_size, self.lr
-        ).eval()
+        )
+        # Plain weights from here on (the normalised ones): a parametrized module cannot be
+        # saved whole, and the harness snapshots the artifact for its audits.
+        for layer in model.layers:
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        return model.eval()
