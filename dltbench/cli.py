@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common_io(run)
     run.add_argument("--plugin", action="append", default=[], metavar="FILE",
                      help="load methods from a Python file that is not installed (repeatable)")  # fmt: skip
+    run.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                     help="run only the settings with this value, e.g. norm=l1 or sigma=0.25 "
+                          "(repeatable; keys: the task's setting columns)")  # fmt: skip
     run.add_argument("--attach", action="append", default=[], metavar="FILE",
                      help="let the methods read FILE (read-only, e.g. a checkpoint to score "
                           "without retraining; repeatable); its sha256 is part of each "
@@ -336,6 +339,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_all(args: argparse.Namespace) -> int:
     if args.method:
         raise UsageError("--method names one task's methods; use it with one --task, not all")
+    if args.setting:
+        raise UsageError("--setting names one task's settings; use it with one --task, not all")
     check_run_input(args)
     registry.discover(None, args.plugin)
     times, codes = {}, {}
@@ -372,6 +377,11 @@ def _run_task(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be a positive number of test points, got {args.limit}")
     cells = plan(task, methods, args.profile, seeds, smoke=args.smoke, limit=args.limit)
+    wanted = _settings(task, args.setting)
+    cells = [c for c in cells
+             if all(_same_value(task.setting_of(c.config)[k], v) for k, v in wanted)]  # fmt: skip
+    if not cells:
+        raise UsageError("no setting of the profile matches every --setting")
     if args.attach:
         attached = attachments(args.attach)
         cells = [dataclasses.replace(c, attachments=attached) for c in cells]
@@ -577,15 +587,23 @@ def _filter(task: Task, df, args: argparse.Namespace):
         keep &= df["method"].isin(args.method).to_numpy()
     if args.profile:
         keep &= (df["profile"] == args.profile).to_numpy()
-    for item in args.setting:
+    for key, value in _settings(task, args.setting):
+        keep &= np.array([_same_value(v, value) for v in df[key]], dtype=bool)
+    out = df[keep].reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def _settings(task: Task, items: list[str]) -> list[tuple[str, str]]:
+    """The (key, value) pairs of ``--setting KEY=VALUE`` items; a UsageError names the keys."""
+    out = []
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in task.setting_keys:
             raise UsageError(
                 f"--setting {item!r}: use KEY=VALUE with KEY one of {', '.join(task.setting_keys)}"
             )
-        keep &= np.array([_same_value(v, value) for v in df[key]], dtype=bool)
-    out = df[keep].reset_index(drop=True)
-    out.attrs = dict(df.attrs)
+        out.append((key, value))
     return out
 
 

@@ -21,7 +21,9 @@ def records(dirs) -> list[dict]:
 
 
 def run(dirs, *extra: str) -> int:
-    return main(["run", "--task", "certified", "--smoke", *cli_args(dirs), *extra])
+    # The Gaussian l2 settings only: a pipeline check; the other norms have their own tests.
+    return main(["run", "--task", "certified", "--smoke", "--setting", "norm=l2",
+                 *cli_args(dirs), *extra])  # fmt: skip
 
 
 def test_run_writes_records_and_leaderboards_then_resumes_and_forces(dirs, capsys):
@@ -169,3 +171,34 @@ def test_help_documents_every_verb(capsys):
 def test_bad_device_is_one_line(capsys):
     assert main(["run", "--task", "certified", "--device", "gpu"]) == 2
     assert "unknown --device 'gpu'" in capsys.readouterr().err
+
+
+def test_the_lipschitz_method_trains_and_scores_on_an_l1_row(dirs):
+    assert main(["run", "--task", "certified", "--smoke", "--setting", "noise=uniform",
+                 "--method", "lipschitz-margin", *cli_args(dirs)]) == 0  # fmt: skip
+    (rec,) = records(dirs)
+    assert rec["status"] == "ok" and rec["setting"]["norm"] == "l1"
+    assert rec["estimator"]["certificate"].startswith("Lipschitz margin")
+    assert rec["estimator"]["lipschitz_bound"] > 0 and rec["metrics"]["acr"] >= 0
+
+
+@pytest.mark.slow
+def test_other_norms_and_the_lipschitz_method_train_and_score(dirs):
+    """Every threat model of issue 15 at sigma 0.25, for a smoothing and a Lipschitz method."""
+    assert main(["run", "--task", "certified", "--smoke", "--setting", "sigma=0.25",
+                 "--method", "gaussian-aug", "lipschitz-margin", *cli_args(dirs)]) == 0  # fmt: skip
+    recs = records(dirs)
+    assert {(r["setting"]["noise"], r["setting"]["norm"]) for r in recs} == {
+        ("gaussian", "l2"),
+        ("gaussian", "linf"),
+        ("laplace", "l1"),
+        ("uniform", "l1"),
+    }
+    assert {r["status"] for r in recs} == {"ok"}
+    for r in recs:
+        cert = r["estimator"]["certificate"]
+        assert cert.startswith("Lipschitz" if r["method"] == "lipschitz-margin" else "randomized")
+        if r["setting"]["norm"] == "linf":
+            assert r["curves"]["linf_by_dimension"]["dim"] == [64, 256, 1024]
+    board = pd.read_csv(dirs["leaderboards"] / "certified.csv")
+    assert {"noise", "norm", "linf_dim_exponent_mean"} <= set(board.columns)

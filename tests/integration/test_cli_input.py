@@ -26,7 +26,9 @@ CERT = CertifiedTask()
 
 
 def run(dirs, *extra: str) -> int:
-    return main(["run", "--task", "certified", "--smoke", *cli_args(dirs), *extra])
+    # The Gaussian l2 settings only: a pipeline check; the other norms have their own tests.
+    return main(["run", "--task", "certified", "--smoke", "--setting", "norm=l2",
+                 *cli_args(dirs), *extra])  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -166,8 +168,9 @@ def test_leaderboard_filters(dirs, capsys):
     assert list(shown["records"]) == ["b", "a"] and list(shown["rank"]) == [1, 2]
     assert len(pd.read_csv(dirs["leaderboards"] / "certified.csv")) == 4  # files: whole board
     assert main([*lb, "--setting", "eps=1"]) == 2
-    assert "error: --setting 'eps=1': use KEY=VALUE with KEY one of dataset, sigma" in (
-        capsys.readouterr().err
+    assert (
+        "error: --setting 'eps=1': use KEY=VALUE with KEY one of dataset, noise, sigma, norm"
+        in (capsys.readouterr().err)
     )
 
 
@@ -233,7 +236,7 @@ def test_heartbeat_names_running_cells_with_progress_and_elapsed():
     assert beat.lines() == []  # not yet due
     now[0] = 131.0
     assert beat.lines() == [
-        "running standard dataset=digits sigma=0.25 seed=0: certify 3/10 (31s)"
+        "running standard dataset=digits noise=gaussian sigma=0.25 norm=l2 seed=0: certify 3/10 (31s)"
     ]
     assert beat.lines() == []  # once per interval
     beat.finish(cell)
@@ -258,7 +261,9 @@ def test_a_run_logged_to_a_file_prints_heartbeats(monkeypatch, capsys):
     assert not cli.err.is_terminal  # captured: as in a log file or CI
     cli._run_with_progress(CERT, [cell], cli.RunOptions())
     beats = [x for x in capsys.readouterr().err.splitlines() if x.startswith("running ")]
-    assert beats and beats[0].startswith("running standard dataset=digits sigma=0.25 seed=0: ")
+    assert beats and beats[0].startswith(
+        "running standard dataset=digits noise=gaussian sigma=0.25 norm=l2 seed=0: "
+    )
     assert "train 2/5" in beats[-1]
 
 

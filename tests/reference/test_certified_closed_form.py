@@ -195,6 +195,7 @@ def test_noise_training_beats_clean_training_on_the_quick_profile():
     acr = {
         (c.method, c.config.sigma): m["acr"]
         for c, m in score_in_process("certified", ["standard", "gaussian-aug"])
+        if c.config.norm == "l2"
     }
     for sigma in (0.25, 0.5):
         assert acr[("gaussian-aug", sigma)] > acr[("standard", sigma)] + 0.03

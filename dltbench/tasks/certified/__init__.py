@@ -7,29 +7,37 @@ Library use, no CLI needed::
 """
 
 from . import methods  # noqa: F401  (registers the built-in methods)
+from .lipschitz import LipschitzMLP
 from .smoothing import (
     ABSTAIN,
+    CERTIFICATES,
     certified_accuracy,
     certify,
     certify_batch,
+    draw_noise,
     lower_confidence_bound,
     noisy_counts,
     predict,
     predict_batch,
+    radius_from_pa,
 )
 from .task import LEADERBOARD_RADII, CertifiedConfig, CertifiedMethod, CertifiedTask
 
 __all__ = [
     "ABSTAIN",
+    "CERTIFICATES",
     "LEADERBOARD_RADII",
     "CertifiedConfig",
     "CertifiedMethod",
     "CertifiedTask",
+    "LipschitzMLP",
     "certified_accuracy",
     "certify",
     "certify_batch",
+    "draw_noise",
     "lower_confidence_bound",
     "noisy_counts",
     "predict",
     "predict_batch",
+    "radius_from_pa",
 ]

@@ -10,17 +10,74 @@ on the l2 ball of that radius around x (Theorem 1 of the paper).
 The batched functions run the same per-point procedure for many points at once: each
 point gets its own independent selection and estimation draws; only the order in which
 the noise is drawn from the generator differs from a point-by-point loop.
+
+Other noises certify other norms from the same pA_lower (:func:`radius_from_pa`): Laplace
+noise of scale b certifies the l1 radius -b log(2 (1 - pA)) (Teng, Lee & Yuan, ICLR 2020),
+uniform noise on [-lam, lam]^d the l1 radius 2 lam (pA - 1/2) (Yang et al., ICML 2020,
+"Randomized smoothing of all shapes and sizes"), and Gaussian noise the l-inf radius
+sigma Phi^-1(pA) / sqrt(d), since ||delta||_2 <= sqrt(d) ||delta||_inf.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import binomtest, norm
+from scipy.stats import binomtest
+from scipy.stats import norm as norm_dist
 from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
 ABSTAIN = -1
+#: (noise, norm) pairs with a certificate: the noise's scale parameter is ``sigma`` (the
+#: Gaussian's std, the Laplace scale b, the uniform half-width lam).
+CERTIFICATES: dict[tuple[str, str], str] = {
+    ("gaussian", "l2"): "sigma * Phi^-1(pA) (Cohen et al. 2019)",
+    ("gaussian", "linf"): "sigma * Phi^-1(pA) / sqrt(d) (the l2 ball contains it)",
+    ("laplace", "l1"): "-b * log(2 * (1 - pA)) (Teng et al. 2020)",
+    ("uniform", "l1"): "2 * lam * (pA - 1/2) (Yang et al. 2020)",
+}
+
+
+def draw_noise(
+    kind: str,
+    shape: tuple[int, ...],
+    scale: float,
+    generator: torch.Generator | None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """i.i.d. noise of ``kind`` (gaussian std, laplace scale b, uniform half-width lam = ``scale``)."""
+    if kind == "gaussian":
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype).mul_(scale)
+    if kind == "laplace":  # the difference of two unit exponentials is a unit Laplace
+        u = torch.rand((2, *shape), generator=generator, device=device, dtype=dtype)
+        e = -torch.log1p(-u)  # 1 - U is in (0, 1]: no log(0)
+        return (e[0] - e[1]).mul_(scale)
+    if kind == "uniform":
+        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        return u.mul_(2.0).sub_(1.0).mul_(scale)
+    raise ValueError(f"unknown noise {kind!r}; use gaussian, laplace or uniform")
+
+
+def radius_from_pa(
+    p_a: np.ndarray | float, noise: str, scale: float, norm: str, dim: int
+) -> np.ndarray:
+    """The certified radius (in ``norm``, pixels in [0, 1]) for a lower bound ``p_a`` on the
+    top class's probability under ``noise`` of ``scale`` in ``dim`` input dimensions; 0 where
+    ``p_a`` < 1/2 (abstain)."""
+    if (noise, norm) not in CERTIFICATES:
+        raise ValueError(
+            f"no certificate for {noise} noise in {norm}; known: {list(CERTIFICATES)}"
+        )
+    p = np.clip(np.asarray(p_a, dtype=float), 0.5, 1.0)
+    with np.errstate(divide="ignore"):
+        if noise == "gaussian":
+            r = scale * norm_dist.ppf(p) / (np.sqrt(dim) if norm == "linf" else 1.0)
+        elif noise == "laplace":
+            r = -scale * np.log(2.0 * (1.0 - p))
+        else:
+            r = 2.0 * scale * (p - 0.5)
+    return np.where(np.asarray(p_a) < 0.5, 0.0, r)
 
 
 def lower_confidence_bound(k: int | np.ndarray, n: int, alpha: float) -> float | np.ndarray:
@@ -39,8 +96,10 @@ def noisy_counts(
     sigma: float,
     batch_size: int,
     generator: torch.Generator | None = None,
+    noise: str = "gaussian",
 ) -> torch.Tensor:
-    """Class counts (P, K) of ``model``'s argmax over ``num`` Gaussian draws around each of P points.
+    """Class counts (P, K) of ``model``'s argmax over ``num`` noisy draws around each of P points
+    (``noise`` of scale ``sigma``: see :func:`draw_noise`).
 
     ``x`` has shape (P, C, H, W) and lives on the model's device; noisy inputs are
     formed ``batch_size`` at a time across points, so small ``num`` still fills batches.
@@ -50,10 +109,9 @@ def noisy_counts(
     counts: torch.Tensor | None = None
     for start in range(0, total, batch_size):
         owner = torch.arange(start, min(start + batch_size, total), device=x.device) // num
-        noisy = torch.randn(
-            (len(owner), *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype
-        )
-        logits = model(noisy.mul_(sigma).add_(x[owner]))  # in place: one allocation
+        shape = (len(owner), *x.shape[1:])
+        noisy = draw_noise(noise, shape, sigma, generator, x.device, x.dtype)
+        logits = model(noisy.add_(x[owner]))  # in place: one allocation
         if counts is None:
             counts = torch.zeros(p, logits.shape[1], dtype=torch.long, device=x.device)
         pred = logits.argmax(1)
@@ -71,19 +129,22 @@ def certify_batch(
     alpha: float,
     batch_size: int,
     generator: torch.Generator | None = None,
+    noise: str = "gaussian",
+    norm: str = "l2",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CERTIFY for each of P points in ``x`` (P, C, H, W): (labels, l2 radii, pA lower bounds).
+    """CERTIFY for each of P points in ``x`` (P, C, H, W): (labels, radii in ``norm``, pA lower
+    bounds), smoothing with ``noise`` of scale ``sigma`` (default: Gaussian, l2).
 
     Labels are -1 where the procedure abstains; the radius is 0 there.
     """
     model.eval()
-    selection = noisy_counts(model, x, n0, sigma, batch_size, generator)
+    selection = noisy_counts(model, x, n0, sigma, batch_size, generator, noise)
     c_a = selection.argmax(1)  # first index on ties, as numpy's argmax in the reference code
-    estimation = noisy_counts(model, x, n, sigma, batch_size, generator)
+    estimation = noisy_counts(model, x, n, sigma, batch_size, generator, noise)
     n_a = estimation.gather(1, c_a[:, None])[:, 0].cpu().numpy()
     p_a = np.atleast_1d(lower_confidence_bound(n_a, n, alpha))
     labels = np.where(p_a < 0.5, ABSTAIN, c_a.cpu().numpy())
-    radii = np.where(p_a < 0.5, 0.0, sigma * norm.ppf(np.clip(p_a, 0.5, 1.0)))
+    radii = radius_from_pa(p_a, noise, sigma, norm, int(np.prod(x.shape[1:])))
     return labels.astype(np.int64), radii.astype(np.float64), p_a
 
 
@@ -116,11 +177,12 @@ def predict_batch(
     alpha: float,
     batch_size: int,
     generator: torch.Generator | None = None,
+    noise: str = "gaussian",
 ) -> np.ndarray:
     """PREDICT for each of P points: the top class, or -1 where the two-sided binomial test
     of the top two counts (nA vs nB, p = 1/2) does not reject at level alpha."""
     model.eval()
-    counts = noisy_counts(model, x, n, sigma, batch_size, generator).cpu().numpy()
+    counts = noisy_counts(model, x, n, sigma, batch_size, generator, noise).cpu().numpy()
     top2 = np.argsort(-counts, axis=1, kind="stable")[:, :2]
     n_a = counts[np.arange(len(counts)), top2[:, 0]]
     n_b = counts[np.arange(len(counts)), top2[:, 1]]

@@ -1,55 +1,86 @@
-"""The ``certified`` task: certified accuracy vs l2 radius under randomized smoothing."""
+"""The ``certified`` task: certified accuracy vs radius, by randomized smoothing (l2, l1, l-inf)
+or by a Lipschitz-margin certificate."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import norm
 from torch import nn
 
 from ... import data as datasets
-from ...api import Context, Evaluation, Method, MetricSpec, Task, profile_entry
+from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
 from ...models import accuracy, check_classifier
 from ...registry import register_task
-from .smoothing import ABSTAIN, certified_accuracy, certify_batch, predict_batch
-
-#: Radii reported as leaderboard columns (l2, in the [0, 1] pixel scale), per profile: the
-#: quick digits grid, the MNIST radii of the smoothing literature, and Cohen et al.'s CIFAR-10
-#: table (their Table 1 reads certified accuracy at 0.25..1.5).
-PROFILE_RADII: dict[str, tuple[float, ...]] = {
-    "quick": (0.0, 0.25, 0.5, 0.75, 1.0),
-    "standard": (0.0, 0.5, 1.0, 1.5, 2.0, 2.5),
-    "paper": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
-}
-#: Every radius that is a column of some profile (the metrics a record may carry).
-LEADERBOARD_RADII: tuple[float, ...] = tuple(
-    sorted({r for v in PROFILE_RADII.values() for r in v})
+from .lipschitz import CERTIFICATE as LIPSCHITZ
+from .lipschitz import lipschitz_bound, margin_certify, rebuild
+from .smoothing import (
+    ABSTAIN,
+    CERTIFICATES,
+    certified_accuracy,
+    certify_batch,
+    draw_noise,
+    predict_batch,
+    radius_from_pa,
 )
 
+#: Radii reported as leaderboard columns (in the row's norm, pixels in [0, 1]), per profile
+#: and norm: the quick digits grid, the MNIST radii of the smoothing literature, and Cohen
+#: et al.'s CIFAR-10 table (their Table 1 reads certified accuracy at 0.25..1.5).
+PROFILE_RADII: dict[str, dict[str, tuple[float, ...]]] = {
+    "quick": {"l2": (0.0, 0.25, 0.5, 0.75, 1.0), "l1": (0.0, 0.25, 0.5, 0.75, 1.0),
+              "linf": (0.0, 0.01, 0.02, 0.03, 0.05)},
+    "standard": {"l2": (0.0, 0.5, 1.0, 1.5, 2.0, 2.5), "l1": (0.0, 0.5, 1.0, 2.0, 3.0),
+                 "linf": (0.0, 0.01, 0.02, 0.03)},
+    "paper": {"l2": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "l1": (0.0, 0.5, 1.0, 1.5, 2.0),
+              "linf": (0.0, 1 / 255, 2 / 255, 4 / 255)},
+}  # fmt: skip
+#: Every radius that is a column of some profile (the metrics a record may carry).
+LEADERBOARD_RADII: tuple[float, ...] = tuple(
+    sorted({r for v in PROFILE_RADII.values() for radii in v.values() for r in radii})
+)
+#: l-inf radii are about sqrt(d) times smaller than l2 ones: the stored curve's grid is the
+#: profile's (radius_max, radius_step) divided by these.
+LINF_GRID_DIVISORS = (10.0, 20.0)
 
-def radius_ceiling(sigma: float, n: int, alpha: float) -> float:
-    """The largest l2 radius CERTIFY can certify with n samples: sigma * Phi^-1(alpha^(1/n)).
+
+def noise_scale(noise: str, sigma: float) -> float:
+    """The natural scale parameter of ``noise`` with standard deviation ``sigma`` per pixel:
+    the Gaussian's sigma, the Laplace scale b = sigma / sqrt(2), the uniform half-width
+    lam = sigma * sqrt(3). Rows of one sigma then add noise of the same energy."""
+    factor = {"gaussian": 1.0, "laplace": 1 / math.sqrt(2.0), "uniform": math.sqrt(3.0)}
+    if noise not in factor:
+        raise ValueError(f"unknown noise {noise!r}; use {', '.join(factor)}")
+    return sigma * factor[noise]
+
+
+def radius_ceiling(
+    sigma: float, n: int, alpha: float, noise: str = "gaussian", norm: str = "l2", dim: int = 1
+) -> float:
+    """The largest radius CERTIFY can certify with n samples: the radius at pA = alpha^(1/n).
 
     With all n noisy samples on one class the Clopper-Pearson lower bound on p_A is
-    alpha^(1/n); every radius and the ACR are below this, whatever the classifier.
+    alpha^(1/n); every radius and the ACR are below this, whatever the classifier. For
+    Gaussian l2 it is sigma * Phi^-1(alpha^(1/n)).
     """
-    return sigma * float(norm.ppf(alpha ** (1.0 / n)))
+    p_max = alpha ** (1.0 / n)
+    return float(radius_from_pa(p_max, noise, noise_scale(noise, sigma), norm, dim))
 
 
 @dataclass(frozen=True)
 class CertifiedConfig:
     """Everything one cell's numbers depend on besides the method and the seed.
 
-    Radii are l2 distances in the [0, 1] pixel scale.
+    Radii are distances in ``norm`` in the [0, 1] pixel scale.
     """
 
     dataset: str
-    sigma: float  # smoothing noise std; methods are told it and may train for it
+    sigma: float  # smoothing noise std per pixel; methods are told it and may train for it
     n0: int  # selection samples
     n: int  # estimation samples
     alpha: float  # failure probability of each certificate
@@ -61,8 +92,26 @@ class CertifiedConfig:
     radius_max: float  # the stored curve covers radii 0..radius_max
     radius_step: float
     radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # leaderboard columns (PROFILE_RADII)
+    noise: str = "gaussian"  # the smoothing distribution: gaussian, laplace or uniform
+    norm: str = "l2"  # the certified norm: l2, l1 or linf (see smoothing.CERTIFICATES)
+    #: Upsampling factors of the curse-of-dimensionality curve (l-inf rows): the same
+    #: classifier certified on k x k nearest-neighbour upsampled inputs, k in this tuple.
+    resolutions: tuple[int, ...] = ()
+    resolution_points: int = 60  # test points of that curve
+    resolution_n: int = 500  # CERTIFY samples per point on that curve
+
+    @property
+    def scale(self) -> float:
+        """The noise's own scale parameter (see :func:`noise_scale`)."""
+        return noise_scale(self.noise, self.sigma)
 
 
+#: (noise, sigma, norm) settings of each profile, besides the Gaussian l2 sigmas.
+_THREATS = {
+    "quick": (("gaussian", 0.25, "linf"), ("laplace", 0.25, "l1"), ("uniform", 0.25, "l1")),
+    "standard": (("gaussian", 0.25, "linf"), ("laplace", 0.5, "l1"), ("uniform", 0.5, "l1")),
+    "paper": (("gaussian", 0.25, "linf"), ("laplace", 0.5, "l1"), ("uniform", 0.5, "l1")),
+}
 _PROFILES = {
     "quick": dict(dataset="digits", sigmas=(0.25, 0.5), n0=100, n=2000, alpha=0.001,
                   n_predict=1000, test_stride=3, max_test_points=180, batch_size=4000,
@@ -78,7 +127,7 @@ _PROFILES = {
 
 
 class CertifiedMethod(Method):
-    """Protocol of a ``certified`` method: train a base classifier for noise level sigma."""
+    """Protocol of a ``certified`` method: train a base classifier for a noise and a norm."""
 
     @abstractmethod
     def train(
@@ -86,28 +135,36 @@ class CertifiedMethod(Method):
     ) -> nn.Module:
         """Return a base classifier: an nn.Module mapping (N, C, H, W) in [0, 1] to logits (N, K).
 
-        ``data`` holds only the training split (``data.test`` is None); ``config.sigma``
-        is the noise level the harness will smooth with; ``config.epochs`` the budget;
-        ``ctx`` gives the device and this cell's random generators.
+        ``data`` holds only the training split (``data.test`` is None); ``config.noise``
+        and ``config.sigma`` (its std; ``config.scale`` its own parameter) are what the
+        harness will smooth with, ``config.norm`` the certified norm; ``config.epochs`` the
+        budget; ``ctx`` gives the device and this cell's random generators. A model that is
+        a :class:`dltbench.tasks.certified.LipschitzMLP` is certified by its Lipschitz margin
+        instead of by smoothing.
         """
 
 
 @register_task
 class CertifiedTask(Task):
-    """Certified l2 robustness by randomized smoothing (Cohen et al. 2019): CERTIFY on test points."""
+    """Certified robustness: randomized smoothing (Cohen et al. 2019) in l2, l1 and l-inf, and
+    Lipschitz-margin certificates, on the same test points."""
 
     name = "certified"
-    version = "2"
-    description = "certified accuracy vs l2 radius under randomized smoothing (Cohen et al. 2019)"
+    version = "3"
+    description = ("certified accuracy vs radius (l2, l1, l-inf): randomized smoothing "
+                   "(Gaussian, Laplace, uniform) and Lipschitz-margin certificates")  # fmt: skip
     method_type = CertifiedMethod
     protocol = "train"
     primary_metric = "acr"
-    setting_keys = ("dataset", "sigma")
+    setting_keys = ("dataset", "noise", "sigma", "norm")
+    #: Read once after training: a LipschitzMLP declares its certificate and its layers.
+    artifact_attributes = ("certificate", "lipschitz_layers")
     metrics = (
-        MetricSpec("acr", True, "l2 radius", "average certified radius (0 if wrong or abstain)"),
+        MetricSpec("acr", True, "radius (row's norm)",
+                   "average certified radius (0 if wrong or abstain)"),
         *(
             MetricSpec(f"certified_acc@{r:g}", True, "fraction",
-                       f"approximate certified accuracy at l2 radius {r:g}")
+                       f"approximate certified accuracy at radius {r:g} in the row's norm")
             for r in LEADERBOARD_RADII
         ),
         MetricSpec("abstain_rate", False, "fraction", "CERTIFY abstained (pA lower bound < 1/2)"),
@@ -115,21 +172,38 @@ class CertifiedTask(Task):
                    "PREDICT accuracy (abstain counts as wrong) on the certified points"),
         MetricSpec("base_clean_acc", True, "fraction", "base classifier accuracy, all test points"),
         MetricSpec("throughput", True, "noisy forwards/s", "certification speed on this device"),
-        MetricSpec("radius_ceiling", True, "l2 radius",
-                   "largest certifiable radius sigma*Phi^-1(alpha^(1/n)); columns above it are unreachable"),
+        MetricSpec("radius_ceiling", True, "radius (row's norm)",
+                   "largest radius CERTIFY can give with n samples (at pA = alpha^(1/n)); "
+                   "columns above it are unreachable"),
+        MetricSpec("linf_dim_exponent", None, "log-log slope",
+                   "l-inf rows: slope of log ACR against log input dimension on upsampled "
+                   "inputs (the curse of dimensionality: -0.5 for smoothing)"),
     )  # fmt: skip
 
     def configs(self, profile: str) -> list[CertifiedConfig]:
-        """One config per sigma of ``profile``."""
+        """One config per (noise, sigma, norm) of ``profile``: Gaussian l2 at each sigma, then
+        Gaussian l-inf (with the resolution curve), Laplace l1 and uniform l1."""
         p = dict(profile_entry(_PROFILES, profile))
         sigmas = p.pop("sigmas")
-        return [CertifiedConfig(sigma=s, radii=PROFILE_RADII[profile], **p) for s in sigmas]
+        threats = [("gaussian", s, "l2") for s in sigmas] + list(_THREATS[profile])
+        out = []
+        for noise, sigma, norm in threats:
+            top, step = p["radius_max"], p["radius_step"]
+            if norm == "linf":
+                top, step = top / LINF_GRID_DIVISORS[0], step / LINF_GRID_DIVISORS[1]
+            out.append(CertifiedConfig(
+                sigma=sigma, noise=noise, norm=norm, radii=PROFILE_RADII[profile][norm],
+                resolutions=(1, 2, 4) if norm == "linf" else (),
+                **{**p, "radius_max": top, "radius_step": step},
+            ))  # fmt: skip
+        return out
 
     def smoke(self, config: CertifiedConfig) -> CertifiedConfig:
         """A seconds-long version: few points, few samples, one epoch."""
         return dataclasses.replace(
-            config, n0=20, n=200, n_predict=100, max_test_points=10, epochs=1, batch_size=500
-        )
+            config, n0=20, n=200, n_predict=100, max_test_points=10, epochs=1, batch_size=500,
+            resolution_points=4, resolution_n=100,
+        )  # fmt: skip
 
     def check_data(self, config: CertifiedConfig, data_dir) -> None:
         """Fail early, with what to put where, if the dataset is missing."""
@@ -151,11 +225,16 @@ class CertifiedTask(Task):
         return method.train(data, config, ctx)
 
     def evaluate(self, artifact, data, config: CertifiedConfig, ctx: Context) -> Evaluation:
-        """CERTIFY and PREDICT the smoothed classifier on the fixed test points."""
-        model = check_base_classifier(artifact, data, config, ctx)
+        """Certify the fixed test points: CERTIFY and PREDICT of the smoothed classifier, or the
+        Lipschitz margin of a declared LipschitzMLP."""
         idx = np.arange(0, len(data.test), config.test_stride)[: config.max_test_points]
         x = data.test.x[idx].to(ctx.device)
         y = data.test.y[idx].numpy()
+        dim = int(np.prod(data.shape))
+        declared = _attributes(artifact).get("certificate")
+        if declared == LIPSCHITZ:
+            return self._evaluate_lipschitz(artifact, data, config, ctx, idx, x, y)
+        model = check_base_classifier(artifact, data, config, ctx)
         gen = ctx.device_generator()
         labels = np.empty(0, dtype=np.int64)
         radii = np.empty(0)
@@ -163,15 +242,83 @@ class CertifiedTask(Task):
         start = time.perf_counter()
         for i in range(0, len(idx), chunk):
             lab, rad, _ = certify_batch(
-                model, x[i : i + chunk], config.sigma, config.n0, config.n, config.alpha,
-                config.batch_size, gen,
+                model, x[i : i + chunk], config.scale, config.n0, config.n, config.alpha,
+                config.batch_size, gen, config.noise, config.norm,
             )  # fmt: skip
             labels, radii = np.concatenate([labels, lab]), np.concatenate([radii, rad])
             ctx.progress("certify", min(i + chunk, len(idx)), len(idx))
         seconds = time.perf_counter() - start
         pred = predict_batch(
-            model, x, config.sigma, config.n_predict, config.alpha, config.batch_size, gen
-        )
+            model, x, config.scale, config.n_predict, config.alpha, config.batch_size, gen,
+            config.noise,
+        )  # fmt: skip
+
+        def certify_at(k: int) -> tuple[np.ndarray, np.ndarray]:
+            m = min(config.resolution_points, len(idx))
+            lab, rad, _ = certify_batch(
+                Subsampled(model, k), upsample(x[:m], k), config.scale, config.n0,
+                config.resolution_n, config.alpha, config.batch_size, gen, config.noise, "linf",
+            )  # fmt: skip
+            return lab, rad
+
+        extra = {
+            "smoothed_clean_acc": float(np.mean(pred == y)),
+            "abstain_rate": float(np.mean(labels == ABSTAIN)),
+            "throughput": len(idx) * (config.n0 + config.n) / seconds,
+            "radius_ceiling": radius_ceiling(
+                config.sigma, config.n, config.alpha, config.noise, config.norm, dim
+            ),
+        }
+        estimator = {
+            "certificate": "randomized smoothing: CERTIFY and PREDICT of Cohen et al. 2019",
+            "confidence_bound": "one-sided Clopper-Pearson lower bound at level 1 - alpha",
+            "noise": config.noise, "noise_std": config.sigma, "noise_scale": config.scale,
+            "radius_formula": CERTIFICATES[(config.noise, config.norm)],
+            "sigma": config.sigma, "n0": config.n0, "n": config.n, "alpha": config.alpha,
+            "n_predict": config.n_predict,
+        }  # fmt: skip
+        return self._score(model, data, config, ctx, idx, y, labels, radii, extra, estimator,
+                           certify_at)  # fmt: skip
+
+    def _evaluate_lipschitz(self, artifact, data, config, ctx, idx, x, y) -> Evaluation:
+        """The deterministic margin certificate of a LipschitzMLP, computed on the harness's
+        own rebuild of its declared layers (which must answer as the plugin's model does)."""
+        remote = check_base_classifier(artifact, data, config, ctx)
+        dim = int(np.prod(data.shape))
+        net = rebuild(_attributes(artifact).get("lipschitz_layers"), dim, data.num_classes)
+        net = net.to(ctx.device)
+        with torch.no_grad():
+            mine, theirs = net(x), remote(x)
+        if not torch.allclose(mine, theirs.to(mine), rtol=1e-4, atol=1e-4):
+            raise InvalidArtifact(
+                "the model's declared lipschitz_layers do not compute its answers: the "
+                "certificate must be of the model that is scored"
+            )
+        bound = lipschitz_bound(net)
+        start = time.perf_counter()
+        labels, radii_l2 = margin_certify(mine, bound)
+        seconds = time.perf_counter() - start
+        # ||d||_2 <= ||d||_1 and ||d||_2 <= sqrt(dim) ||d||_inf: the l2 ball holds the others'.
+        radii = radii_l2 / math.sqrt(dim) if config.norm == "linf" else radii_l2
+
+        def certify_at(k: int) -> tuple[np.ndarray, np.ndarray]:
+            m = min(config.resolution_points, len(idx))
+            return labels[:m], radii_l2[:m] / math.sqrt(dim * k * k)
+
+        extra = {"smoothed_clean_acc": None, "abstain_rate": 0.0, "radius_ceiling": None,
+                 "throughput": len(idx) / max(seconds, 1e-9)}  # fmt: skip
+        estimator = {
+            "certificate": "Lipschitz margin (Tsuzuku et al. 2018): margin / (sqrt(2) L)",
+            "lipschitz_bound": bound,
+            "lipschitz_bound_method": "product of exact spectral norms of the harness's rebuild",
+            "radius_formula": "l2: margin / (sqrt(2) L); l1: the same; linf: that / sqrt(d)",
+        }
+        return self._score(net, data, config, ctx, idx, y, labels, radii, extra, estimator,
+                           certify_at)  # fmt: skip
+
+    def _score(self, model, data, config, ctx, idx, y, labels, radii, extra, estimator,
+               certify_at) -> Evaluation:  # fmt: skip
+        """The metrics, curves and estimator shared by both certificates."""
         grid = np.round(np.arange(0.0, config.radius_max + 1e-9, config.radius_step), 6)
         correct = labels == y
         metrics = {
@@ -180,11 +327,8 @@ class CertifiedTask(Task):
                 f"certified_acc@{r:g}": certified_accuracy(labels, radii, y, r)
                 for r in config.radii
             },
-            "radius_ceiling": radius_ceiling(config.sigma, config.n, config.alpha),
-            "abstain_rate": float(np.mean(labels == ABSTAIN)),
-            "smoothed_clean_acc": float(np.mean(pred == y)),
             "base_clean_acc": accuracy(model, data.test, ctx.device),
-            "throughput": len(idx) * (config.n0 + config.n) / seconds,
+            **extra,
         }
         curves = {
             "radius": grid.tolist(),
@@ -192,14 +336,31 @@ class CertifiedTask(Task):
             "per_point": {"index": idx.tolist(), "label": y.tolist(),
                           "predicted": labels.tolist(), "radius": radii.tolist()},
         }  # fmt: skip
-        estimator = {
-            "procedure": "CERTIFY and PREDICT of Cohen et al. 2019",
-            "confidence_bound": "one-sided Clopper-Pearson lower bound at level 1 - alpha",
-            "sigma": config.sigma, "n0": config.n0, "n": config.n, "alpha": config.alpha,
-            "n_predict": config.n_predict, "test_points": len(idx),
+        if config.resolutions:
+            dims, acrs = [], []
+            for k in config.resolutions:
+                ctx.progress("resolution curve", len(dims), len(config.resolutions))
+                lab, rad = certify_at(k)
+                dims.append(int(np.prod(data.shape)) * k * k)
+                acrs.append(float(np.mean(np.where(lab == y[: len(lab)], rad, 0.0))))
+            curves["linf_by_dimension"] = {"factor": list(config.resolutions), "dim": dims,
+                                           "acr": acrs}  # fmt: skip
+            ok = [(d, a) for d, a in zip(dims, acrs, strict=True) if a > 0]
+            metrics["linf_dim_exponent"] = (
+                float(np.polyfit(np.log([d for d, _ in ok]), np.log([a for _, a in ok]), 1)[0])
+                if len(ok) >= 2 else None
+            )  # fmt: skip
+        estimator.update({
+            "norm": config.norm, "input_dim": int(np.prod(data.shape)), "test_points": len(idx),
             "test_selection": f"every {config.test_stride}th test point, first {config.max_test_points}",
-            "radius_norm": "l2, pixels in [0, 1]",
-        }  # fmt: skip
+            "radius_norm": f"{config.norm}, pixels in [0, 1]",
+        })  # fmt: skip
+        if config.resolutions:
+            estimator["resolution_curve"] = {
+                "upsampling": "nearest neighbour by k; the classifier reads every k-th pixel, so "
+                "it is the same classifier at every resolution",
+                "points": min(config.resolution_points, len(idx)), "n": config.resolution_n,
+            }  # fmt: skip
         return Evaluation(metrics, curves, estimator)
 
     def adjust_leaderboard(self, df, records, load):
@@ -210,8 +371,9 @@ class CertifiedTask(Task):
         df = df.copy()
         unreachable, shown = [], set()
         for i, row in df.iterrows():
-            profile = str(row["profile"]).removesuffix("-smoke")
-            own = PROFILE_RADII.get(profile, LEADERBOARD_RADII)
+            profile = str(row["profile"]).split("-")[0]  # quick-smoke, quick-limit50: quick
+            norm = row.get("norm") if isinstance(row.get("norm"), str) else "l2"
+            own = PROFILE_RADII.get(profile, {}).get(norm, LEADERBOARD_RADII)
             shown |= set(own)
             ceiling = row.get("radius_ceiling_mean")
             cut = [r for r in own if ceiling == ceiling and ceiling is not None and r > ceiling]
@@ -227,21 +389,26 @@ class CertifiedTask(Task):
         """The generic checks, and no radius above what CERTIFY can certify with n samples.
 
         With all n noisy samples on one class the Clopper-Pearson lower bound is
-        alpha**(1/n), so no radius can exceed sigma * Phi^-1(alpha**(1/n)) (sigma, n,
-        alpha read from ``record.estimator``); neither can the ACR.
+        alpha**(1/n), so no radius can exceed the radius at pA = alpha**(1/n) (for Gaussian
+        l2: sigma * Phi^-1(alpha**(1/n)); noise, sigma, norm, input dimension, n and alpha
+        read from ``record.estimator``); neither can the ACR. A Lipschitz-margin certificate
+        has no such ceiling.
         """
         reason = super().check_record(record)
         if reason is not None:
             return reason
         est = record.estimator if isinstance(record.estimator, dict) else {}
+        if str(est.get("certificate", "")).startswith("Lipschitz margin"):
+            return None
         try:
             sigma, n, alpha = float(est["sigma"]), int(est["n"]), float(est["alpha"])
-            ceiling = radius_ceiling(sigma, n, alpha)
+            noise, norm = str(est.get("noise", "gaussian")), str(est.get("norm", "l2"))
+            ceiling = radius_ceiling(sigma, n, alpha, noise, norm, int(est.get("input_dim", 1)))
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            return "estimator lacks a valid sigma, n and alpha"
+            return "estimator lacks a valid noise, sigma, norm, input_dim, n and alpha"
         limit = ceiling * (1 + 1e-6) + 1e-9  # float slack, not statistical slack
         if (record.metrics.get("acr") or 0.0) > limit:
-            return "acr above the estimator's radius ceiling sigma * Phi^-1(alpha^(1/n))"
+            return "acr above the estimator's radius ceiling (the radius at pA = alpha^(1/n))"
         for r in LEADERBOARD_RADII:
             if r > limit and (record.metrics.get(f"certified_acc@{r:g}") or 0.0) > 0:
                 return f"certified_acc@{r:g} > 0 above the estimator's radius ceiling"
@@ -257,5 +424,31 @@ class CertifiedTask(Task):
 def check_base_classifier(artifact, data, config: CertifiedConfig, ctx: Context) -> nn.Module:
     """The shared classifier checks on clean and sigma-noisy test inputs."""
     x = data.test.x[:8]
-    probe = torch.cat([x, x + config.sigma * torch.randn(x.shape, generator=ctx.generator)])
-    return check_classifier(artifact, probe, data.num_classes, ctx.device)[0]
+    noise = draw_noise(config.noise, tuple(x.shape), config.scale, ctx.generator)
+    return check_classifier(artifact, torch.cat([x, x + noise]), data.num_classes, ctx.device)[0]
+
+
+def _attributes(artifact) -> dict:
+    """The plain attributes a remote artifact published (an in-process model's own)."""
+    attrs = getattr(artifact, "attributes", None)
+    if isinstance(attrs, dict):
+        return attrs
+    return {name: getattr(artifact, name, None) for name in CertifiedTask.artifact_attributes}
+
+
+def upsample(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling of images (N, C, H, W) by an integer factor k."""
+    return x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1) if k > 1 else x
+
+
+class Subsampled(nn.Module):
+    """``model`` reading every k-th pixel of its input: on k-upsampled images, the same
+    classifier, which sees k^2 times fewer of the noisy coordinates."""
+
+    def __init__(self, model: nn.Module, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the model on x[..., ::k, ::k]."""
+        return self.model(x[..., :: self.k, :: self.k]) if self.k > 1 else self.model(x)
