@@ -27,6 +27,7 @@ from dltbench.dask_executor import (  # noqa: E402
     DaskExecutor,
     ExecutorError,
     PluginBlob,
+    check_worker,
     materialize_plugins,
     ship_plugins,
 )
@@ -235,3 +236,56 @@ def test_a_worker_killed_mid_cell_is_retried_then_recorded_once(
         end = datetime.fromisoformat(rec.timestamp).timestamp()
         assert end - rec.wall_time_s > killed[0]
     assert len(_lines(tmp_path)) == 1  # never twice, never lost
+
+
+def test_worker_check_names_what_a_worker_lacks(tmp_path, monkeypatch):
+    monkeypatch.setattr(dask_executor, "_plugin_cache", lambda: tmp_path / "cache")
+    task = registry.get_task("certified")
+    report = check_worker(
+        "certified", "0.0.0-other", "0" * 16, task.configs("standard"), tmp_path / "no-data",
+        ship_plugins((str(PLUGINS / "dask_crash.py"),)), ("no_such_module_for_dltbench",),
+    )  # fmt: skip
+    text = "; ".join(report["problems"])
+    assert "the client has 0.0.0-other" in text and "source hash" in text
+    assert "--data-dir" in text and "no_such_module_for_dltbench" in text
+    assert (tmp_path / "cache").is_dir()  # the plugin could be stored: not a problem
+
+
+@pytest.mark.slow
+def test_real_dask_scheduler_and_two_workers_with_a_scheduler_file(dirs, tmp_path):
+    """`dask scheduler` and two `dask worker` processes (daemonic, as by default), found
+    through a scheduler file; every process is stopped by the test."""
+    import subprocess
+    import sys
+
+    sched = tmp_path / "scheduler.json"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--scheduler-file", sched,
+                               "--port", "0", "--no-dashboard"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not sched.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [bin_dir / "dask", "worker", "--scheduler-file", sched, "--nthreads", "1",
+                 "--no-dashboard"], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+        with distributed.Client(scheduler_file=str(sched), timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        code = main(["run", "--task", "certified", "--smoke", "--method", "standard",
+                     "--scheduler-file", str(sched), *cli_args(dirs)])  # fmt: skip
+        recs = _lines(dirs["results"])
+        assert code == 0 and len(recs) == 2 and {r["status"] for r in recs} == {"ok"}
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
