@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ..."
     )
     run.add_argument("--jobs", type=int, default=1,
-                     help="cells run in parallel (default 1; capped by cores and --memory)")  # fmt: skip
+                     help="cells run in parallel (default 1; capped by cores and --memory); with "
+                     "--executor dask and no --scheduler: the local cluster's worker processes")  # fmt: skip
     run.add_argument("--memory", metavar="SIZE",
                      help="memory limit per cell, e.g. 4G or 512M (default: 80%% of physical "
                      "memory divided by --jobs)")  # fmt: skip
@@ -409,8 +410,8 @@ def _run_planned(args, task, methods, seeds, jobs, timeout, memory, executor) ->
     )
     store_error = None
     try:
-        execute = executor.run_cells if executor else run_cells
-        results = _run_with_progress(task, todo, opts, execute)
+        extra = (executor.run_cells,) if executor else ()
+        results = _run_with_progress(task, todo, opts, *extra)
     except StoreError as exc:  # disk full: what was stored stays; say so and show it
         store_error, results = exc, []
     bad = [r for r in results if r.status != "ok"]
@@ -491,8 +492,9 @@ class Heartbeat:
 
 
 def _run_with_progress(
-    task: Task, cells: list[Cell], opts: RunOptions, execute=run_cells
+    task: Task, cells: list[Cell], opts: RunOptions, execute=None
 ) -> list[Result]:
+    execute = execute or run_cells  # looked up now: tests replace cli.run_cells
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err, transient=True, disable=not err.is_terminal,
