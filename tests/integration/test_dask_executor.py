@@ -22,6 +22,7 @@ distributed = pytest.importorskip(
 import dask  # noqa: E402
 
 from dltbench import dask_executor, registry  # noqa: E402
+from dltbench.api import DataMissing  # noqa: E402
 from dltbench.cli import main  # noqa: E402
 from dltbench.dask_executor import (  # noqa: E402
     DaskExecutor,
@@ -241,13 +242,20 @@ def test_a_worker_killed_mid_cell_is_retried_then_recorded_once(
 def test_worker_check_names_what_a_worker_lacks(tmp_path, monkeypatch):
     monkeypatch.setattr(dask_executor, "_plugin_cache", lambda: tmp_path / "cache")
     task = registry.get_task("certified")
+
+    def no_data(self, config, data_dir):
+        raise DataMissing(f"put MNIST under {data_dir}/MNIST/raw")
+
+    # The worker asks the task itself (the real check imports torchvision: seconds).
+    monkeypatch.setattr(type(task), "check_data", no_data)
     report = check_worker(
-        "certified", "0.0.0-other", "0" * 16, task.configs("standard"), tmp_path / "no-data",
+        "certified", "0.0.0-other", "0" * 16, task.configs("quick"), tmp_path / "no-data",
         ship_plugins((str(PLUGINS / "dask_crash.py"),)), ("no_such_module_for_dltbench",),
     )  # fmt: skip
     text = "; ".join(report["problems"])
     assert "the client has 0.0.0-other" in text and "source hash" in text
-    assert "--data-dir" in text and "no_such_module_for_dltbench" in text
+    assert f"--data-dir: put MNIST under {tmp_path / 'no-data'}" in text
+    assert "no_such_module_for_dltbench" in text
     assert (tmp_path / "cache").is_dir()  # the plugin could be stored: not a problem
 
 
