@@ -461,7 +461,9 @@ class DaskExecutor:
                     cell, claim, submitted = pending.pop(fut)
                     try:
                         self._events(events, by_key, started, on_start, on_progress)
-                        record = self._record(task, cell, fut, opts, started.get(cell, submitted))
+                        record = self._result_of(
+                            task, cell, fut, opts, started.get(cell, submitted)
+                        )
                         append_result(opts.results_dir, record)
                         results.append(record)
                         on_result and on_result(cell, record)
@@ -502,7 +504,7 @@ class DaskExecutor:
             if kind == "progress" and on_progress:
                 on_progress(cell, desc, done, total)
 
-    def _record(self, task: Task, cell: Cell, fut, opts: RunOptions, since: float) -> Result:
+    def _result_of(self, task: Task, cell: Cell, fut, opts: RunOptions, since: float) -> Result:
         """The cell's record from its finished future; a lost cell's record says why."""
         from distributed import KilledWorker
 
