@@ -44,7 +44,7 @@ def _dask(task, cells, opts, workers: int) -> tuple[float, float]:
     start = time.perf_counter()
     ex = DaskExecutor(workers=workers)
     try:
-        client = ex.open()
+        ex.open()
         # Warm every worker as its first cell would (imports, its cell server): one cell each.
         ex.run_cells(task, (cells * workers)[:workers], opts)
         ready = time.perf_counter()
