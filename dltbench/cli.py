@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -20,6 +21,7 @@ from tabulate import tabulate
 
 from . import __version__, leaderboard, registry
 from .api import PROFILES, DataMissing, Result, Task
+from .dask_executor import DaskExecutor, ExecutorError, require_distributed
 from .runner import (
     Cell,
     RunInterrupted,
@@ -39,6 +41,8 @@ from .store import (
     remove_records,
 )
 
+DASK_INSTALL = "pip install 'dltbench[dask]'"
+
 EPILOG = """\
 examples:
   dltbench list
@@ -52,6 +56,8 @@ examples:
   dltbench records --task certified --stale
   dltbench validate --task certified \
       --plugin examples/certified-label-smoothing/dltbench_label_smoothing.py
+  dltbench run --task certified --executor dask --jobs 4       # a local Dask cluster
+  dltbench run --task certified --scheduler tcp://head:8786    # an existing Dask cluster
 
 Records are appended to RESULTS_DIR/<task>.jsonl (one JSON line per cell); leaderboards
 are rebuilt from them into LEADERBOARD_DIR/<task>.csv and .md. A rerun skips cells
@@ -85,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (UsageError, registry.RegistryError, DataMissing, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+    except (UsageError, registry.RegistryError, DataMissing, ValueError, ExecutorError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
     except StoreError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 1
     except RunInterrupted as exc:
         cut = ", ".join(exc.cells) if exc.cells else "none were running"
@@ -153,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ..."
     )
     run.add_argument("--jobs", type=int, default=1,
-                     help="cells run in parallel (default 1; capped by cores and --memory)")  # fmt: skip
+                     help="cells run in parallel (default 1; capped by cores and --memory); with "
+                     "--executor dask and no --scheduler: the local cluster's worker processes")  # fmt: skip
     run.add_argument("--memory", metavar="SIZE",
                      help="memory limit per cell, e.g. 4G or 512M (default: 80%% of physical "
                      "memory divided by --jobs)")  # fmt: skip
@@ -171,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny configs (seconds): check a pipeline, not a result",
     )
+    run.add_argument(
+        "--executor", choices=("local", "dask"), default=None,
+        help="local: cells as processes on this machine (default); dask: each cell a task on "
+        "a Dask cluster, a new local one of --jobs worker processes unless --scheduler or "
+        "--scheduler-file names one (needs: " + DASK_INSTALL + ")",
+    )  # fmt: skip
+    run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                     help="submit the cells to this running Dask scheduler (implies --executor "
+                     "dask; records are still written here, by this command only)")  # fmt: skip
+    run.add_argument("--scheduler-file", type=Path, metavar="FILE",
+                     help="the same, with the scheduler file that `dask scheduler "
+                     "--scheduler-file FILE` (or dask-jobqueue) wrote")  # fmt: skip
+    run.add_argument("--retries", type=int, default=2, metavar="N",
+                     help="dask: run a cell again at most N times when its worker is lost "
+                     "(local cluster; an existing scheduler uses its own allowed-failures), "
+                     "then record it failed (default 2)")  # fmt: skip
     run.add_argument(
         "--limit", type=int, metavar="N",
         help="score at most N test points per cell: a fast first look, recorded under its own "
@@ -366,9 +389,37 @@ def _run_task(args: argparse.Namespace) -> int:
         registry.get_method_class(task.name, m)  # unknown name -> error with valid names
     if not methods:
         raise UsageError(f"task {task.name!r} has no methods registered")
-    device = str(
-        resolve_device(args.device)
-    )  # a bad --device is one line here, not N failed cells
+    executor = make_executor(args, jobs)
+    with executor or contextlib.nullcontext():
+        return _run_planned(args, task, methods, seeds, jobs, timeout, memory, executor)
+
+
+def make_executor(args: argparse.Namespace, jobs: int):
+    """The Dask executor that --executor/--scheduler/--scheduler-file ask for, else None."""
+    if args.scheduler and args.scheduler_file:
+        raise UsageError("give --scheduler or --scheduler-file, not both")
+    remote = bool(args.scheduler or args.scheduler_file)
+    if args.executor == "local" and remote:
+        raise UsageError("--scheduler/--scheduler-file submit to Dask: use --executor dask")
+    if args.executor != "dask" and not remote:
+        return None
+    if args.retries < 0:
+        raise UsageError(f"--retries must be 0 or more, got {args.retries}")
+    require_distributed()
+    gpu = not remote and str(resolve_device(args.device)).startswith("cuda")
+    return DaskExecutor(
+        scheduler=args.scheduler, scheduler_file=args.scheduler_file and str(args.scheduler_file),
+        workers=jobs, retries=args.retries, gpu=gpu,
+    )  # fmt: skip
+
+
+def _run_planned(args, task, methods, seeds, jobs, timeout, memory, executor) -> int:
+    if executor is not None and not executor.local:
+        executor.open()  # a wrong address is one line now, before any planning output
+    # A bad --device is one line here, not N failed cells; on a cluster the workers' devices.
+    device = executor.resolve_device(args.device) if executor else str(resolve_device(args.device))
+    if executor is not None and not executor.local and args.memory is None:
+        memory = None  # each worker takes its own share of its own memory
     opts = RunOptions(
         device=device, jobs=jobs, timeout_s=timeout, force=args.force,
         results_dir=args.results_dir, data_dir=args.data_dir, plugin_files=tuple(args.plugin),
@@ -391,12 +442,15 @@ def _run_task(args: argparse.Namespace) -> int:
     n_settings = len(cells) // (len(methods) * len(seeds))
     err.print(
         f"{task.name}: {plural(len(cells), 'cell')} ({plural(len(methods), 'method')} x "
-        f"{plural(n_settings, 'setting')} x {plural(len(seeds), 'seed')}) on {device}, "
-        f"{len(kept)} already recorded" + (" (resume; --force reruns them)" if kept else "")
+        f"{plural(n_settings, 'setting')} x {plural(len(seeds), 'seed')}) on {device}"
+        + (f" ({executor.where()})" if executor else "")
+        + f", {len(kept)} already recorded"
+        + (" (resume; --force reruns them)" if kept else "")
     )
     store_error = None
     try:
-        results = _run_with_progress(task, todo, opts)
+        extra = (executor.run_cells,) if executor else ()
+        results = _run_with_progress(task, todo, opts, *extra)
     except StoreError as exc:  # disk full: what was stored stays; say so and show it
         store_error, results = exc, []
     bad = [r for r in results if r.status != "ok"]
@@ -515,7 +569,10 @@ class Heartbeat:
             ]
 
 
-def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[Result]:
+def _run_with_progress(
+    task: Task, cells: list[Cell], opts: RunOptions, execute=None
+) -> list[Result]:
+    execute = execute or run_cells  # looked up now: tests replace cli.run_cells
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err, transient=True, disable=not err.is_terminal,
@@ -566,7 +623,7 @@ def _run_with_progress(task: Task, cells: list[Cell], opts: RunOptions) -> list[
         thread.start()
     try:
         with progress:
-            return run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip)
+            return execute(task, cells, opts, on_progress, on_start, on_result, on_skip)
     finally:
         stop.set()
         if thread is not None:

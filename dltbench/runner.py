@@ -570,19 +570,7 @@ def _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip) -> 
             finish(cell, execute_cell(cell, opts, cb))
         return results
 
-    # Read git once here and hand it to every cell: commits made mid-run don't split records.
-    files, modules = _method_sources(task, cells)
-    opts = dataclasses.replace(
-        opts,
-        provenance=_static_provenance(),
-        plugin_files=tuple(dict.fromkeys([*opts.plugin_files, *files])),
-        import_modules=modules,
-        method_infos=tuple(
-            registry.get_method_class(task.name, m).info
-            for m in dict.fromkeys(c.method for c in cells)
-            if isinstance(registry.get_method_class(task.name, m), registry.MethodStub)
-        ),
-    )
+    opts = cell_options(task, cells, opts)
     ctx = _mp_context(type(task).__module__)
     jobs = max(1, opts.jobs)
     n_threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -600,28 +588,16 @@ def _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip) -> 
                     why = "another run is computing it" if claim is None else "done meanwhile"
                     on_skip and on_skip(cell, why)
                     continue
-                recv, send = ctx.Pipe(duplex=False)
-                # Not a daemon: a method may start its own workers (DataLoader num_workers > 0).
-                proc = ctx.Process(target=_child, args=(cell, opts, send, n_threads))
-                proc.start()
-                send.close()
-                now = time.monotonic()
-                ident = identity(task, cell)
-                running.append(_Running(cell, ident, proc, recv, now + opts.timeout_s, now))
+                running.append(_start_cell(ctx, task, cell, opts, n_threads))
                 claims[id(running[-1])] = claim
                 on_start and on_start(cell)
             time.sleep(0.05)
             for run in list(running):
-                _drain(run, on_progress)
-                done = run.result is not None or run.error is not None or not run.proc.is_alive()
-                if done or time.monotonic() > run.deadline:
-                    if done:
-                        run.proc.join(timeout=5)
-                        _drain(run, on_progress)
-                    _kill(run.proc)
+                record = _poll_cell(task, run, opts, on_progress)
+                if record is not None:
                     running.remove(run)
                     try:
-                        finish(run.cell, run.result or _lost(task, run, opts, timed_out=not done))
+                        finish(run.cell, record)
                     finally:
                         _release(claims.pop(id(run)))
     except KeyboardInterrupt:
@@ -633,6 +609,68 @@ def _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip) -> 
     if interrupted:
         raise RunInterrupted([r.cell.label(task) for r in running])
     return results
+
+
+def cell_options(task: Task, cells: list[Cell], opts: RunOptions) -> RunOptions:
+    """``opts`` completed with what a fresh cell process needs to find the cells' methods."""
+    # Read git once here and hand it to every cell: commits made mid-run don't split records.
+    files, modules = _method_sources(task, cells)
+    return dataclasses.replace(
+        opts,
+        provenance=_static_provenance(),
+        plugin_files=tuple(dict.fromkeys([*opts.plugin_files, *files])),
+        import_modules=modules,
+        method_infos=tuple(
+            registry.get_method_class(task.name, m).info
+            for m in dict.fromkeys(c.method for c in cells)
+            if isinstance(registry.get_method_class(task.name, m), registry.MethodStub)
+        ),
+    )
+
+
+def _start_cell(ctx, task: Task, cell: Cell, opts: RunOptions, n_threads: int) -> _Running:
+    """Start ``cell`` in its own process (``opts`` from :func:`cell_options`)."""
+    recv, send = ctx.Pipe(duplex=False)
+    # Not a daemon: a method may start its own workers (DataLoader num_workers > 0).
+    proc = ctx.Process(target=_child, args=(cell, opts, send, n_threads))
+    proc.start()
+    send.close()
+    now = time.monotonic()
+    return _Running(cell, identity(task, cell), proc, recv, now + opts.timeout_s, now)
+
+
+def _poll_cell(task: Task, run: _Running, opts: RunOptions, on_progress) -> Result | None:
+    """Pass on the cell's progress; its record once it ended, crashed or ran out of time."""
+    _drain(run, on_progress)
+    done = run.result is not None or run.error is not None or not run.proc.is_alive()
+    if not (done or time.monotonic() > run.deadline):
+        return None
+    if done:
+        run.proc.join(timeout=5)
+        _drain(run, on_progress)
+    _kill(run.proc)
+    return run.result or _lost(task, run, opts, timed_out=not done)
+
+
+def run_cell_process(
+    task: Task,
+    cell: Cell,
+    opts: RunOptions,
+    n_threads: int,
+    on_progress: Callable[[Cell, str, int, int], None] | None = None,
+) -> Result:
+    """Run one cell in its own process with the ``opts.timeout_s`` limit and return its record.
+
+    The same machinery as :func:`run_cells` without the store: for an executor whose
+    caller writes the records (the Dask worker). ``opts`` from :func:`cell_options`.
+    """
+    run = _start_cell(_mp_context(type(task).__module__), task, cell, opts, n_threads)
+    try:
+        while (record := _poll_cell(task, run, opts, on_progress)) is None:
+            time.sleep(0.05)
+        return record
+    finally:
+        _kill(run.proc)
 
 
 def _already_done(task: Task, cell: Cell, opts: RunOptions) -> bool:
