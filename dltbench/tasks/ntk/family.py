@@ -74,6 +74,9 @@ class WidthFamily:
     ) -> torch.Tensor:
         """Empirical NTK (N1*K, N2*K) at ``theta`` by :func:`empirical_ntk` (auto impl)."""
         return empirical_ntk(
-            lambda ps, x: self._call(width, ps, x), self.split(width, theta), x1, x2,
+            lambda ps, x: self._call(width, ps, x),
+            self.split(width, theta),
+            x1,
+            x2,
             memory=self.memory,
         )

@@ -20,6 +20,7 @@ Conventions used everywhere in the ``ntk`` task:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -143,11 +144,14 @@ def ntk_vector_products(
     step = max(1, min(cols, memory // max(1, p * params[0].element_size())))
     eye = torch.eye(cols, dtype=params[0].dtype, device=params[0].device)
     blocks = []
-    for s in range(0, cols, step):
-        cot = eye[s : s + step].reshape(-1, n2, k)
-        tangents = vmap(pullback)(cot)
-        pushed = vmap(lambda *v: jvp(lambda *ps: f(ps, x1), params, v)[1])(*tangents)
-        blocks.append(pushed.reshape(len(cot), -1).T)
+    with warnings.catch_warnings():
+        # torch's forward-mode AD imports a torch.jit.script'ed helper that warns on import
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        for s in range(0, cols, step):
+            cot = eye[s : s + step].reshape(-1, n2, k)
+            tangents = vmap(pullback)(cot)
+            pushed = vmap(lambda *v: jvp(lambda *ps: f(ps, x1), params, v)[1])(*tangents)
+            blocks.append(pushed.reshape(len(cot), -1).T)
     return torch.cat(blocks, dim=1)
 
 
@@ -244,6 +248,7 @@ def cntk_gap(
     The net: h_c(p) = sigma_w <W_c, patch_p(x)> / sqrt(C k^2), f = sigma_w / sqrt(n) *
     sum_c v_c * mean_p relu(h_c(p)), all weights N(0, 1), no biases.
     """
+
     def patches(x: np.ndarray) -> np.ndarray:
         t = torch.as_tensor(np.asarray(x, np.float64))
         cols = torch.nn.functional.unfold(t, kernel_size, padding=kernel_size // 2)
@@ -252,13 +257,18 @@ def cntk_gap(
     p1, p2 = patches(x1), patches(x2)
     fan = p1.shape[2]
     w2 = sigma_w**2
-    s12 = w2 * np.einsum("apc,bqc->abpq", p1, p2) / fan
     s11 = w2 * np.einsum("apc,apc->ap", p1, p1) / fan
     s22 = w2 * np.einsum("bqc,bqc->bq", p2, p2) / fan
-    e, ed = _relu_expectations(s11[:, None, :, None], s22[None, :, None, :], s12)
-    nngp = w2 * e
-    ntk = nngp + s12 * w2 * ed
-    return nngp.mean(axis=(2, 3)), ntk.mean(axis=(2, 3))
+    nngp = np.empty((len(p1), len(p2)))
+    ntk = np.empty((len(p1), len(p2)))
+    # a few rows at a time: the (rows, N2, P, P) temporaries stay small
+    rows = max(1, 2**22 // max(1, len(p2) * p1.shape[1] * p2.shape[1]))
+    for a in range(0, len(p1), rows):
+        s12 = w2 * np.einsum("apc,bqc->abpq", p1[a : a + rows], p2) / fan
+        e, ed = _relu_expectations(s11[a : a + rows, None, :, None], s22[None, :, None, :], s12)
+        nngp[a : a + rows] = w2 * e.mean(axis=(2, 3))
+        ntk[a : a + rows] = nngp[a : a + rows] + w2 * (s12 * ed).mean(axis=(2, 3))
+    return nngp, ntk
 
 
 #: Analytic kernels a method may declare: name -> (required hyper-parameters, function).

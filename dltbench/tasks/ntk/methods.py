@@ -35,7 +35,8 @@ class NTKMLP(nn.Module):
         sizes = [d] + [width] * depth + [k]
         self.act, self.sigma_w, self.sigma_b = act, sigma_w, sigma_b
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(o, i, generator=generator)) for i, o in zip(sizes, sizes[1:])
+            nn.Parameter(torch.randn(o, i, generator=generator))
+            for i, o in zip(sizes[:-1], sizes[1:], strict=True)
         )
         self.biases = nn.ParameterList(
             nn.Parameter(torch.randn(o, generator=generator)) for o in sizes[1:]

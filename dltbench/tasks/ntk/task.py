@@ -425,7 +425,7 @@ def evaluate_width(
     k = config.n_outputs
     probe = Probe(proxy, width, k)
     xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test
-    n, m = len(xtr), len(xte)
+    n = len(xtr)
     theta0 = _tensor(proxy.call("init_params", width), None, f"init_params({width})")
     if theta0.dim() != 1 or not 0 < theta0.numel() <= config.max_params:
         raise InvalidArtifact(
@@ -452,7 +452,7 @@ def evaluate_width(
         with torch.enable_grad():
             loss = 0.5 * ((probe.apply(th, xtr) - ytr) ** 2).mean()
             (grad,) = torch.autograd.grad(loss, th)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         theta = theta - lr * _tensor(grad, (p,), f"gradient at width {width}")
     with torch.no_grad():
         ft_all = probe.apply(theta, xall)
