@@ -59,7 +59,7 @@ def ours(net, params, x, impl="auto", memory=2**28):
 def test_tutorial_recipe(benchmark):
     net, params, x = setup()
     benchmark.group = "empirical NTK, 301k-param MLP, 200 inputs, K=10"
-    out = benchmark.pedantic(lambda: tutorial_ntk(net, params, x, x), rounds=2, iterations=1)
+    out = benchmark.pedantic(lambda: tutorial_ntk(net, params, x, x), rounds=1, iterations=1)
     assert out.shape == (N, N, 10, 10)
 
 
@@ -67,7 +67,7 @@ def test_tutorial_recipe(benchmark):
 def test_ours(benchmark, impl):
     net, params, x = setup()
     benchmark.group = "empirical NTK, 301k-param MLP, 200 inputs, K=10"
-    out = benchmark.pedantic(lambda: ours(net, params, x, impl), rounds=2, iterations=1)
+    out = benchmark.pedantic(lambda: ours(net, params, x, impl), rounds=1, iterations=1)
     ref = tutorial_ntk(net, params, x[:20], x[:20]).permute(0, 2, 1, 3).reshape(200, 200)
     torch.testing.assert_close(out[:200, :200], ref, rtol=1e-4, atol=1e-4)
 
@@ -77,6 +77,6 @@ def test_ours_within_a_memory_budget(benchmark):
     net, params, x = setup()
     benchmark.group = "empirical NTK, 301k-param MLP, 200 inputs, K=10"
     out = benchmark.pedantic(
-        lambda: ours(net, params, x, "jacobian", memory=2**26), rounds=2, iterations=1
+        lambda: ours(net, params, x, "jacobian", memory=2**26), rounds=1, iterations=1
     )
     assert out.shape == (N * 10, N * 10)
