@@ -139,7 +139,6 @@ def test_discrete_predictor_is_exact_for_a_model_linear_in_its_parameters():
     assert float((flow - te).abs().max()) < 0.1 * float((te - phi(xt) @ w).abs().max()) + 1e-3
 
 
-@pytest.mark.slow
 def test_empirical_ntk_error_at_init_shrinks_as_width_to_minus_half():
     x = sphere(6, 8)
     _, exact = mlp_kernels(x.numpy(), x.numpy(), 1, "relu", math.sqrt(2), 0.0)
