@@ -1,0 +1,172 @@
+"""The ntk task's harness logic in process: audits catch fake kernels and lying gradients,
+row mixing and NaNs; declared attributes are validated; an honest family scores."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dltbench.api import Context, InvalidArtifact
+from dltbench.tasks.ntk import NtkTask, WidthFamily
+from dltbench.tasks.ntk.methods import MuP, ReluNTK1
+from dltbench.tasks.ntk.task import IOSpec, _kernel_spec, _lr_factor
+
+TASK = NtkTask()
+
+
+class LocalProxy:
+    """What the harness sees of a family, without the plugin process (same calls)."""
+
+    def __init__(self, family: WidthFamily):
+        self.family = family
+        self.attributes = {"kernel": family.kernel, "lr_factor": family.lr_factor,
+                           "widths": family.widths}  # fmt: skip
+
+    def method(self, name, *args):
+        return getattr(self.family, name)(*args)
+
+    def call(self, name, *args):
+        return getattr(self.family, name)(*args)
+
+
+def tiny_config(**kw):
+    cfg = TASK.smoke(TASK.configs("quick")[1])  # synthetic-sphere
+    return dataclasses.replace(cfg, **kw)
+
+
+def family_of(method, config) -> WidthFamily:
+    ctx = Context(0, torch.device("cpu"))
+    data = TASK.prepare(config, ctx)
+    return TASK.fit(method, TASK.train_view(data, config), config, ctx), data
+
+
+def score(family, data, config):
+    return TASK.evaluate(LocalProxy(family), data, config, Context(1, torch.device("cpu")))
+
+
+def test_train_view_holds_no_data():
+    config = tiny_config()
+    data = TASK.prepare(config, Context(0, torch.device("cpu")))
+    view = TASK.train_view(data, config)
+    assert set(view) == {"io", "widths"}
+    assert view["io"] == IOSpec((1, 8, 8), 1)
+
+
+def test_an_honest_family_scores_within_bounds():
+    config = tiny_config(widths=(16, 64), steps=3)
+    fam, data = family_of(ReluNTK1(), config)
+    ev = score(fam, data, config)
+    assert math.isfinite(ev.metrics["drift_exponent"])
+    assert 0 <= ev.metrics["net_test_acc"] <= 1
+    assert ev.curves["audit_kernel_rel"][0] < 1e-8
+    assert ev.estimator["analytic_computed"]
+    assert len(ev.curves["width"]) == 2
+
+
+class _Scaled(WidthFamily):
+    def ntk(self, width, theta, x1, x2=None):
+        return 1.01 * super().ntk(width, theta, x1, x2)
+
+
+class _Halved(torch.autograd.Function):
+    """Identity forward, 0.9x backward (functorch-ready: the plugin's kernel uses it too)."""
+
+    @staticmethod
+    def forward(x):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return 0.9 * g
+
+
+class LyingGradient(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return _Halved.apply(self.inner(x))
+
+
+class PoolsTheBatch(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out + out.mean(0, keepdim=True)
+
+
+class NaNOut(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) * float("nan")
+
+
+def test_a_fake_kernel_is_caught_by_the_quadratic_form_audit():
+    config = tiny_config(widths=(16,), steps=1)
+    fam, data = family_of(ReluNTK1(), config)
+    fake = _Scaled(fam.modules, fam.kernel)
+    with pytest.raises(InvalidArtifact, match="NTK gives"):
+        score(fake, data, config)
+
+
+@pytest.mark.parametrize(
+    ("wrap", "match"),
+    [(LyingGradient, "finite difference"), (PoolsTheBatch, "alone"), (NaNOut, "not finite")],
+)
+def test_inconsistent_gradients_row_mixing_and_nans_are_invalid(wrap, match):
+    config = tiny_config(widths=(16,), steps=1)
+    fam, data = family_of(ReluNTK1(), config)
+    bad = WidthFamily({w: wrap(m) for w, m in fam.modules.items()})
+    with pytest.raises(InvalidArtifact, match=match):
+        score(bad, data, config)
+
+
+def test_declared_attributes_are_validated():
+    config = tiny_config()
+    assert _lr_factor(None, config) == config.lr_factor
+    assert _lr_factor(1.0, config) == 1.0
+    for bad in (5.0, 0.0, -1, True, "1"):
+        with pytest.raises(InvalidArtifact):
+            _lr_factor(bad, config)
+    assert _kernel_spec(None) is None
+    for bad in ({"name": "exec"}, {"name": "relu_ntk", "depth": 1}, "relu_ntk",
+                {"name": "relu_ntk", "depth": 1, "sigma_w": float("nan"), "sigma_b": 0}):  # fmt: skip
+        with pytest.raises(InvalidArtifact):
+            _kernel_spec(bad)
+
+
+def test_check_record_and_leaderboard_ci_column():
+    import pandas as pd
+
+    df = pd.DataFrame({"drift_exponent_mean": [-0.7], "drift_exponent_std": [0.1],
+                       "gap_lin_exponent_mean": [-0.5], "gap_lin_exponent_std": [0.2],
+                       "n_seeds": [3]})  # fmt: skip
+    out = TASK.adjust_leaderboard(df, [], lambda name: [])
+    assert out["drift_exponent_ci95"].iloc[0] == pytest.approx(4.303 * 0.1 / math.sqrt(3), 1e-3)
+
+
+@pytest.mark.slow
+def test_ntk_param_drift_falls_with_width_and_mup_drift_does_not():
+    config = dataclasses.replace(TASK.configs("quick")[1], widths=(64, 256, 1024), n_train=32,
+                                 n_test=16, steps=40, audit_probes=1)  # fmt: skip
+    fam, data = family_of(ReluNTK1(), config)
+    ntk = score(fam, data, config).metrics
+    fam, data = family_of(MuP(), config)
+    mup = score(fam, data, config).metrics
+    assert ntk["drift_exponent"] <= -0.45, ntk
+    assert mup["drift_at_max_width"] > 0.2 and mup["drift_exponent"] > -0.2, mup
