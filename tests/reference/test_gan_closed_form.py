@@ -186,6 +186,17 @@ def test_w2_matches_the_sorted_coupling_in_one_dimension():
     assert M.wasserstein2(pts(a), pts(b)) == pytest.approx(expected, rel=1e-9)
 
 
+def test_w2_assignment_equals_pots_network_simplex():
+    import ot
+
+    rng = np.random.default_rng(14)
+    a, b = rng.normal(size=(150, 2)), rng.normal(size=(150, 2)) + [1.0, 0.0]
+    cost = ot.dist(a, b, metric="sqeuclidean")
+    w = math.sqrt(ot.emd2(np.full(150, 1 / 150), np.full(150, 1 / 150), cost))
+    assert M.wasserstein2(a, b) == pytest.approx(w, rel=1e-9)
+    assert M.wasserstein2(a, b[:100]) > 0  # unequal sizes: POT's emd2
+
+
 def test_mode_helpers():
     counts = M.mode_histogram(np.array([0, 0, 1, -1, 2, 2, 2]), 4)
     assert counts.tolist() == [2, 1, 3, 0]
@@ -205,6 +216,7 @@ def feats():
     return x, y
 
 
+@pytest.mark.filterwarnings("ignore:The `disp` argument:DeprecationWarning")
 def test_fid_agrees_with_pytorch_fid_torch_fidelity_and_clean_fid(feats):
     from cleanfid.fid import frechet_distance as clean_fd
     from pytorch_fid.fid_score import calculate_frechet_distance

@@ -158,7 +158,7 @@ class GanTask(Task):
                    low=0.0),
         MetricSpec("coverage", True, "fraction", "coverage, k=5 (Naeem 2020)"),
         MetricSpec("w2", False, "points' units",
-                   "2-D: exact W2 between the N samples and N reference draws (POT)", low=0.0),
+                   "2-D: exact W2 between the N samples and N reference draws (optimal transport)", low=0.0),
         MetricSpec("hq_fraction", True, "fraction", "2-D: samples within 3 std of a mode"),
         MetricSpec("modes", True, "modes",
                    "modes (2-D components / image classes under the feature classifier) with at "
@@ -400,7 +400,9 @@ def score(
         metrics.update(w2=w2, hq_fraction=float(hq.mean()), modes=M.modes_covered(counts, n),
                        kl_uniform=M.kl_to_uniform(counts), distance=w2)  # fmt: skip
         estimator.update(num_modes=mix.num_modes, std=mix.std,
-                         w2={"solver": "POT ot.emd2, squared Euclidean cost, uniform weights",
+                         w2={"solver": "exact: optimal assignment (scipy linear_sum_assignment; "
+                                       "equals POT ot.emd2 for equal sizes), squared "
+                                       "Euclidean cost, uniform weights",
                              "reference_draws": len(ref_split), "reference_seed": TARGET_REF_SEED},
                          modes_rule="a mode counts when it has at least N/(4K) samples within "
                                     "3 std of it (high-quality samples)")  # fmt: skip

@@ -1,0 +1,134 @@
+"""The gan task's pieces: feature network, generator protocol, checks, view, built-ins."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dltbench import registry
+from dltbench.api import Context, InvalidArtifact, Result
+from dltbench.data import digits
+from dltbench.runner import RunOptions, execute_cell, plan
+from dltbench.tasks.gan import GanTask, Generator, digits_features
+from dltbench.tasks.gan.features import sha256_file
+from dltbench.tasks.gan.nets import ConvGenerator, MLPGenerator
+from dltbench.tasks.gan.task import check_generator, sample_check
+
+METHODS = ["gan", "dcgan", "wgan", "wgan-gp", "cgan", "sngan"]
+
+
+def test_digits_feature_net_loads_from_the_installed_package_and_classifies():
+    path = importlib.resources.files("dltbench.tasks.gan") / "digits_features.npz"
+    assert path.is_file()
+    fnet = digits_features()
+    assert fnet.sha256 == sha256_file(path) and len(fnet.sha256) == 64
+    test = digits().test
+    feats, logits = fnet.features_and_logits(test.x)
+    assert feats.shape == (len(test), 64) and feats.dtype == np.float64
+    assert np.mean(logits.argmax(1) == test.y.numpy()) > 0.95
+
+
+def test_generator_sample_draws_its_own_latents():
+    g = MLPGenerator(latent_dim=3, num_classes=4)
+    x = g.sample(10, torch.Generator().manual_seed(0))
+    assert x.shape == (10, 2) and g.conditional
+    img = ConvGenerator(latent_dim=5).eval()
+    out = img.sample(6, torch.Generator().manual_seed(0))
+    assert out.shape == (6, 1, 8, 8) and out.min() >= 0 and out.max() <= 1
+    assert isinstance(img, Generator) and not img.conditional
+
+
+def test_sample_check_refuses_nan_range_and_shape():
+    check = sample_check((1, 8, 8), image=True)
+    z = torch.zeros(3, 4)
+    check("__call__", (z,), torch.rand(3, 1, 8, 8))
+    with pytest.raises(InvalidArtifact, match="non-finite"):
+        check("__call__", (z,), torch.full((3, 1, 8, 8), float("nan")))
+    with pytest.raises(InvalidArtifact, match=r"\[0, 1\]"):
+        check("__call__", (z,), torch.full((3, 1, 8, 8), 1.5))
+    with pytest.raises(InvalidArtifact, match="shape"):
+        check("__call__", (z,), torch.rand(2, 1, 8, 8))
+    sample_check((2,), image=False)("__call__", (z,), torch.full((3, 2), 50.0))  # any finite
+
+
+def test_check_generator_needs_declared_latent_dim():
+    task = GanTask()
+    cfg = task.configs("quick")[0]
+    data, _ = task.prepare(cfg, Context(0, torch.device("cpu")))
+    assert check_generator(MLPGenerator(latent_dim=3), data, cfg) == (3, False)
+    with pytest.raises(InvalidArtifact, match="latent_dim"):
+        check_generator(torch.nn.Linear(2, 2), data, cfg)
+
+
+def test_train_view_holds_only_the_training_split():
+    task = GanTask()
+    for cfg in task.configs("quick"):
+        data = task.prepare(cfg, Context(0, torch.device("cpu")))
+        view = task.train_view(data, cfg)
+        assert view.test is None and view.mixture is None
+        assert len(view.train) == len(data[0].train) and view.num_classes == data[0].num_classes
+
+
+def test_two_d_targets_are_fixed_and_independent_of_the_seed():
+    task = GanTask()
+    cfg = task.configs("quick")[1]
+    a, _ = task.prepare(cfg, Context(0, torch.device("cpu")))
+    b, _ = task.prepare(cfg, Context(7, torch.device("cpu")))
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.x, b.test.x)
+    nearest, hq = a.mixture.assign(a.test.x.numpy())
+    assert hq.mean() > 0.98 and np.array_equal(nearest, a.test.y.numpy())
+
+
+@pytest.mark.parametrize("dataset", ["ring8", "digits"])
+def test_every_builtin_trains_and_scores_on_smoke(dataset):
+    registry.discover("gan")
+    task = registry.get_task("gan")
+    cells = [
+        c for c in plan(task, METHODS, "quick", [0], smoke=True) if c.config.dataset == dataset
+    ]
+    assert len(cells) == len(METHODS)
+    for cell in cells:
+        r = execute_cell(cell, RunOptions(device="cpu", in_process=True))
+        assert r.status == "ok", (cell.method, r.error)
+        assert r.metrics["distance"] >= 0 and 0 <= r.metrics["precision"] <= 1
+        assert task.check_record(r) is None
+        assert (cell.method == "cgan") == (r.metrics["class_accuracy"] is not None)
+
+
+def _record(rid: str, memorised: float) -> Result:
+    return Result(
+        id=rid, task="gan", task_version="1", method="m", method_version="1",
+        method_source_hash="", method_params={}, method_origin="", profile="quick",
+        setting={}, config={}, config_hash="", seed=0, status="ok",
+        metrics={"memorised_fraction": memorised, "modes": 3},
+        estimator={"memorisation": {"flag_above": 0.25}, "num_modes": 8},
+    )  # fmt: skip
+
+
+def test_memorising_rows_are_not_ranked_and_modes_are_bounded():
+    task = GanTask()
+    df = pd.DataFrame({"records": ["a b", "c"], "distance_mean": [0.1, 0.5]})
+    out = task.adjust_leaderboard(
+        df, [_record("a", 0.05), _record("b", 0.9), _record("c", 0.04)], None
+    )
+    assert out["eligible"].tolist() == [False, True]
+    assert "memorisation" in out["excluded_reason"][0]
+    bad = _record("d", 0.0)
+    bad.metrics["modes"] = 9
+    assert "modes" in task.check_record(bad)
+
+
+def test_smoke_and_limit_shrink_the_config():
+    task = GanTask()
+    cfg = task.configs("quick")[2]
+    small = task.smoke(cfg)
+    assert small.steps < cfg.steps and small.n_samples <= 200
+    assert task.limit(cfg, 300).n_samples == 300
+    assert dataclasses.replace(cfg, n_samples=5).n_samples == 5
+    assert math.isfinite(small.memorised_flag)
