@@ -19,12 +19,13 @@ from tests.conftest import ROOT, cli_args
 PLUGIN = str(Path(__file__).parent / "plugins" / "gan_hostile.py")
 
 
+@pytest.mark.slow  # six sandboxed cells: ~40 s idle, minutes under contention
 def test_smoke_run_scores_and_flags_the_copier(dirs):
     argv = ["run", "--task", "gan", "--smoke", "--seeds", "0", "--device", "cpu",
-            "--plugin", PLUGIN, "--method", "gan", "cgan", "hostile-copy", *cli_args(dirs)]  # fmt: skip
+            "--plugin", PLUGIN, "--method", "cgan", "hostile-copy", *cli_args(dirs)]  # fmt: skip
     assert main(argv) == 0
     recs = [json.loads(x) for x in (dirs["results"] / "gan.jsonl").read_text().splitlines()]
-    assert len(recs) == 9 and {r["status"] for r in recs} == {"ok"}, [r["error"] for r in recs]
+    assert len(recs) == 6 and {r["status"] for r in recs} == {"ok"}, [r["error"] for r in recs]
     for r in recs:
         est = r["estimator"]
         assert est["n_samples"] == r["setting"]["n_samples"] == 200
@@ -48,6 +49,7 @@ def test_smoke_run_scores_and_flags_the_copier(dirs):
 needs_bwrap = pytest.mark.skipif(bwrap_version() is None, reason="bubblewrap is not usable here")
 
 
+@pytest.mark.slow  # five sandboxed cells with the auditor's second process each
 @needs_bwrap
 def test_hostile_generators_end_invalid_or_flagged(tmp_path):
     registry.discover("gan", [PLUGIN])

@@ -70,10 +70,10 @@ _2D = dict(feature_net="identity", n_samples=1000, reference="test", n_train=200
            std=0.1, batch_size=128)  # fmt: skip
 _PROFILES = {
     "quick": [
-        dict(dataset="ring8", steps=1500, **_2D),
-        dict(dataset="grid25", steps=1500, **_2D),
+        dict(dataset="ring8", steps=600, **_2D),
+        dict(dataset="grid25", steps=600, **_2D),
         dict(dataset="digits", feature_net="digits-cnn64", n_samples=1000, reference="test",
-             steps=1500, batch_size=64),
+             steps=400, batch_size=64),
     ],
     "standard": [
         dict(dataset="mnist", feature_net="mnist-cnn64", n_samples=10_000, reference="test",

@@ -17,12 +17,12 @@ class _Copier(Generator):
     def __init__(self, train: torch.Tensor):
         super().__init__()
         self.latent_dim, self.conditional = 4, False
-        self.register_buffer("train", train.clone())
+        self.register_buffer("samples", train.clone())
 
     def forward(self, z):
         # Phi(z_0) is uniform: a uniform pick of the training set, from the row's own latent.
         u = torch.special.ndtr(z[:, 0]).clamp(0, 1 - 1e-7)
-        return self.train[(u * len(self.train)).long()]
+        return self.samples[(u * len(self.samples)).long()]
 
 
 @dltbench.register_method(task="gan", name="hostile-copy")
@@ -72,10 +72,10 @@ class _Pooler(Generator):
     def __init__(self, train: torch.Tensor):
         super().__init__()
         self.latent_dim, self.conditional = 4, False
-        self.register_buffer("train", train.clone())
+        self.register_buffer("samples", train.clone())
 
     def forward(self, z):
-        return self.train[torch.arange(len(z)) % len(self.train)]
+        return self.samples[torch.arange(len(z)) % len(self.samples)]
 
 
 @dltbench.register_method(task="gan", name="hostile-pool")
