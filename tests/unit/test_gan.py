@@ -145,3 +145,39 @@ def test_smoke_and_limit_shrink_the_config():
     assert task.limit(cfg, 300).n_samples == 300
     assert dataclasses.replace(cfg, n_samples=5).n_samples == 5
     assert math.isfinite(small.memorised_flag)
+
+
+class _Fresh:
+    """Stands for the auditor's fresh plugin copy: calls a copy of the module directly."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def call(self, method: str, *args):
+        with torch.no_grad():
+            return self.module(*args)
+
+
+def test_the_auditor_catches_a_generator_that_answers_from_its_batch_position():
+    from dltbench.oracle import Auditor
+
+    train = torch.rand(50, 1, 8, 8)
+
+    class Pooler(Generator):
+        latent_dim, conditional = 4, False
+
+        def forward(self, z):  # ignores z: row i is training sample i
+            return train[torch.arange(len(z)) % len(train)]
+
+    class Honest(Generator):
+        latent_dim, conditional = 4, False
+
+        def forward(self, z):
+            return torch.sigmoid(z[:, :1, None, None].expand(-1, 1, 8, 8))
+
+    z = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    ok = Auditor(_Fresh(Honest()), torch.Generator().manual_seed(1))
+    ok.maybe("__call__", (z,), Honest()(z))
+    bad = Auditor(_Fresh(Pooler()), torch.Generator().manual_seed(1))
+    with pytest.raises(InvalidArtifact, match="audit"):
+        bad.maybe("__call__", (z,), Pooler()(z))
