@@ -17,7 +17,18 @@ from dltbench.tasks.certified import CertifiedTask
 from tests.conftest import ROOT
 from tests.unit.test_harness import make_record
 
-TASKS = ("attack", "certified", "diffusion", "robust", "sampler", "vae")
+TASKS = (
+    "attack",
+    "bnn",
+    "certified",
+    "diffusion",
+    "faceid",
+    "gan",
+    "ntk",
+    "robust",
+    "sampler",
+    "vae",
+)
 
 TASK_PY = """
 from dltbench.api import Evaluation, MetricSpec, Task
@@ -135,11 +146,16 @@ def test_every_declared_plot_draws_from_the_committed_records(name):
 def test_a_line_is_the_mean_of_its_rows_records_curves_and_is_what_matplotlib_draws():
     page = committed("certified")
     lines = [p for p in page.panels if p.kind == "line"]
-    assert len(lines) == 2  # one per sigma
-    for panel in lines:
+    # certified accuracy vs radius: one per setting; the l-inf ACR vs dimension: one
+    assert len(lines) == len(page.task.configs("quick")) + 1
+    for panel in [p for p in lines if p.title == "Certified accuracy vs radius"]:
+        setting = dict(part.split("=") for part in panel.group.split(" · ")[1:])
         for s in panel.series:
-            row = page.board[(page.board["method"] == s.method)
-                             & (page.board["sigma"].astype(str) == panel.group.split("=")[-1])]  # fmt: skip
+            keep = page.board["method"] == s.method
+            for key, value in setting.items():
+                keep &= page.board[key].astype(str) == value
+            row = page.board[keep]
+            assert len(row) == 1
             assert s.records == str(row["records"].iloc[0]).split()
             recs = [page.records[i] for i in s.records]
             assert s.x == recs[0].curves["radius"]
