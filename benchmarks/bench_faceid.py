@@ -39,6 +39,8 @@ class TrackFaceID:
 class TimeVerification:
     """The 10-fold protocol and the pooled ROC on LFW-sized scores (6000 pairs)."""
 
+    timeout = 120
+
     def setup(self):
         rng = np.random.default_rng(0)
         self.same = np.tile(np.r_[np.ones(300, bool), np.zeros(300, bool)], 10)

@@ -48,7 +48,7 @@ def test_leaderboard_mean_std_rank_and_direction():
         "method_version",
         "profile",
         "dataset",
-        "sigma",
+        "noise",
     ]
 
 

@@ -202,7 +202,7 @@ def test_leaderboard_skips_impossible_records_and_counts_them_per_reason():
     reasons = leaderboard.skipped(df)
     assert reasons == {
         "metric acr is not a finite number": 1,
-        "acr above the estimator's radius ceiling sigma * Phi^-1(alpha^(1/n))": 2,
+        "acr above the estimator's radius ceiling (the radius at pA = alpha^(1/n))": 2,
     }
     assert leaderboard.skipped_line(df).startswith("Skipped 3 records: 2 acr above")
     assert leaderboard.skipped_line(leaderboard.build(CERT, recs[:1])) == ""
