@@ -83,7 +83,7 @@ def dask_run(cluster, tmp_path_factory):
     registry.discover("certified", [str(PLUGINS / "dask_crash.py")])
     task = registry.get_task("certified")
     cells = plan(task, ["test-crash", "standard"], "quick", [0], smoke=True)
-    cells = [c for c in cells if c.config.sigma == 0.25]
+    cells = [c for c in cells if c.config.sigma == 0.25 and c.config.norm == "l2"]
     base = tmp_path_factory.mktemp("dask-run")
     writers = []
     real_append = dask_executor.append_result
@@ -126,8 +126,8 @@ def test_a_crashing_plugin_costs_one_cell_and_the_client_alone_writes(dask_run):
 def test_cli_on_a_running_scheduler_resumes(cluster, dask_run, dirs, capsys):
     # The fixture's records (key included): sigma=0.25 of `standard` is done, 0.5 is not.
     shutil.copytree(dask_run["dir"], dirs["results"])
-    args = ["run", "--task", "certified", "--smoke", "--method", "standard",
-            "--scheduler", cluster.scheduler_address, *cli_args(dirs)]  # fmt: skip
+    args = ["run", "--task", "certified", "--smoke", "--method", "standard", "--setting",
+            "norm=l2", "--scheduler", cluster.scheduler_address, *cli_args(dirs)]  # fmt: skip
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "1 already recorded" in err and "Dask cluster at tcp://" in err
@@ -220,7 +220,7 @@ def test_a_worker_killed_mid_cell_is_retried_then_recorded_once(
     registry.discover("certified", [str(PLUGINS / "dask_slow.py")])
     task = registry.get_task("certified")
     cells = [c for c in plan(task, ["test-slow"], "quick", [0], smoke=True)
-             if c.config.sigma == 0.25]  # fmt: skip
+             if c.config.sigma == 0.25 and c.config.norm == "l2"]  # fmt: skip
     cluster = _cluster(allowed_failures=allowed_failures)
     try:
         with DaskExecutor(scheduler=cluster.scheduler_address) as ex:
