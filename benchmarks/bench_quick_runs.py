@@ -13,7 +13,18 @@ from pathlib import Path
 from dltbench import registry
 from dltbench.runner import RunOptions, plan, run_cells
 
-TASKS = ["certified", "robust", "attack", "sampler", "vae", "diffusion", "faceid", "bnn", "ntk", "gan"]
+TASKS = [
+    "certified",
+    "robust",
+    "attack",
+    "sampler",
+    "vae",
+    "diffusion",
+    "faceid",
+    "bnn",
+    "ntk",
+    "gan",
+]
 #: tests/integration/test_asv_suites.py sets this: one method's smoke cells, to check the
 #: suite works in seconds, not the minutes of a real quick run.
 SMOKE = False
