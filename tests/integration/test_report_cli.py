@@ -28,19 +28,7 @@ from dltbench.report import figures
 from dltbench.store import load_results
 from tests.conftest import ROOT
 from tests.integration.cdp import Browser, find_chromium
-
-TASKS = (
-    "attack",
-    "bnn",
-    "certified",
-    "diffusion",
-    "faceid",
-    "gan",
-    "ntk",
-    "robust",
-    "sampler",
-    "vae",
-)
+from tests.unit.test_report import TASKS
 
 
 @pytest.fixture(scope="module")
