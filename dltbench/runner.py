@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -48,8 +49,10 @@ from .api import (
     stable_hash,
 )
 from .oracle import Auditor, PluginDied, PluginError, RemoteModule
-from .sandbox import PluginProcess, die_with_parent
+from .sandbox import PluginProcess, Spawned, Zygote, bwrap_version, die_with_parent
 from .store import append_result, read_results
+
+_log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 _MAX_ERROR = 8000  # characters of an error kept in a record
@@ -95,6 +98,9 @@ class RunOptions:
     #: real cell; smoke cells (a pipeline check, recorded apart) skip it.
     audit: bool | None = None
     method_infos: tuple[dict, ...] = ()  # plugin methods' stubs, read once by a sandboxed worker
+    #: Fork plugin workers from a sandboxed, pre-imported zygote (sandbox.Zygote) where it
+    #: works; False: a fresh sandboxed interpreter per plugin process (seconds each).
+    zygote: bool = True
 
 
 def parse_duration(text: str) -> float:
@@ -210,11 +216,24 @@ def seed_globals(seed: int) -> None:
     random.seed(seed)
 
 
-def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = None) -> Result:
+def audited(task: Task, cell: Cell, opts: RunOptions) -> bool:
+    """Whether the cell's model is spot-checked by a second plugin process (an Auditor)."""
+    audit_on = opts.audit if opts.audit is not None else not cell.profile.endswith("-smoke")
+    return task.artifact_kind == "remote" and audit_on
+
+
+def execute_cell(
+    cell: Cell,
+    opts: RunOptions,
+    progress: ProgressFn | None = None,
+    workers: tuple[Spawned | None, Spawned | None] = (None, None),
+) -> Result:
     """Run one cell: the harness here, the method in a confined plugin process.
 
-    Every exception becomes a ``failed``/``invalid`` record; the plugin process is
-    always ended with the cell.
+    ``workers``: the plugin and auditor processes a :class:`~dltbench.sandbox.Zygote`
+    forked for this cell; where None, a fresh sandboxed process is started. Every
+    exception becomes a ``failed``/``invalid`` record; the plugin process is always ended
+    with the cell.
     """
     task = registry.get_task(cell.task)
     ident = identity(task, cell)
@@ -237,21 +256,26 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
         files, modules = _method_sources(task, [cell])
         attached = check_attachments(cell.attachments)
         # Started first: its interpreter starts while the harness prepares the data.
-        plugin = PluginProcess(
-            plugin_files=tuple(files), import_modules=modules, attachments=attached,
-            threads=torch.get_num_threads(), memory_mb=opts.memory_mb, device=device,
-            sandbox=opts.sandbox, on_progress=progress,
+        plugin = (
+            PluginProcess.adopt(workers[0], on_progress=progress) if workers[0] else
+            PluginProcess(
+                plugin_files=tuple(files), import_modules=modules, attachments=attached,
+                threads=torch.get_num_threads(), memory_mb=opts.memory_mb, device=device,
+                sandbox=opts.sandbox, on_progress=progress,
+            )
         )  # fmt: skip
         plugin.method_info = {
             "requires": tuple(
                 getattr(registry.get_method_class(task.name, cell.method), "requires", ())
             )
         }
-        audit_on = opts.audit if opts.audit is not None else not cell.profile.endswith("-smoke")
-        if task.artifact_kind == "remote" and audit_on:
-            auditor = PluginProcess(
-                plugin_files=tuple(files), import_modules=modules, attachments=attached,
-                threads=1, memory_mb=opts.memory_mb, device=device, sandbox=opts.sandbox,
+        if audited(task, cell, opts):
+            auditor = (
+                PluginProcess.adopt(workers[1]) if workers[1] else
+                PluginProcess(
+                    plugin_files=tuple(files), import_modules=modules, attachments=attached,
+                    threads=1, memory_mb=opts.memory_mb, device=device, sandbox=opts.sandbox,
+                )
             )  # fmt: skip
         data = task.prepare(cell.config, data_ctx)
         spec = {"task": task.name, "method": cell.method, "seed": method_ctx.seed,
@@ -383,7 +407,9 @@ def git_commit() -> str | None:
         return None
 
 
-def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
+def _child(
+    cell: Cell, opts: RunOptions, conn, n_threads: int, workers: tuple = (None, None)
+) -> None:
     """Entry point of a cell's process: run it, send progress and the record back."""
     os.setsid()  # its own process group: a timeout kills the workers it started too
     # The parent is the forkserver, which exits when the run's process dies (even by
@@ -411,7 +437,7 @@ def _child(cell: Cell, opts: RunOptions, conn, n_threads: int) -> None:
         def progress(desc: str, done: int, total: int) -> None:
             send(("progress", desc, done, total))
 
-        send(("result", execute_cell(cell, opts, progress)))
+        send(("result", execute_cell(cell, opts, progress, workers)))
     except BaseException as exc:  # noqa: BLE001 - whatever happens, the parent gets the reason
         send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-6)}"))
     finally:
@@ -504,6 +530,7 @@ class _Running:
     start: float
     result: Result | None = None
     error: str | None = None
+    workers: tuple = ()  # (zygote, worker id) of the plugin processes forked for the cell
 
 
 def resume_key(r: Result | dict) -> tuple:
@@ -577,6 +604,7 @@ def _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip) -> 
     queue, running = list(cells), []
     claims: dict[int, Any] = {}
     interrupted = False
+    zygotes = _Zygotes.for_run(task, opts) if queue else None
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -588,7 +616,7 @@ def _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip) -> 
                     why = "another run is computing it" if claim is None else "done meanwhile"
                     on_skip and on_skip(cell, why)
                     continue
-                running.append(_start_cell(ctx, task, cell, opts, n_threads))
+                running.append(_start_cell(ctx, task, cell, opts, n_threads, zygotes))
                 claims[id(running[-1])] = claim
                 on_start and on_start(cell)
             time.sleep(0.05)
@@ -596,6 +624,7 @@ def _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip) -> 
                 record = _poll_cell(task, run, opts, on_progress)
                 if record is not None:
                     running.remove(run)
+                    _Zygotes.release(run)
                     try:
                         finish(run.cell, record)
                     finally:
@@ -606,6 +635,8 @@ def _run_cells(task, cells, opts, on_progress, on_start, on_result, on_skip) -> 
         for run in running:
             _kill(run.proc)
             _release(claims.pop(id(run), None))
+        if zygotes is not None:
+            zygotes.close()
     if interrupted:
         raise RunInterrupted([r.cell.label(task) for r in running])
     return results
@@ -628,15 +659,82 @@ def cell_options(task: Task, cells: list[Cell], opts: RunOptions) -> RunOptions:
     )
 
 
-def _start_cell(ctx, task: Task, cell: Cell, opts: RunOptions, n_threads: int) -> _Running:
+def _start_cell(
+    ctx, task: Task, cell: Cell, opts: RunOptions, n_threads: int, zygotes: _Zygotes | None = None
+) -> _Running:
     """Start ``cell`` in its own process (``opts`` from :func:`cell_options`)."""
     recv, send = ctx.Pipe(duplex=False)
+    spawned, owned = zygotes.spawn(cell, n_threads) if zygotes else ((None, None), ())
     # Not a daemon: a method may start its own workers (DataLoader num_workers > 0).
-    proc = ctx.Process(target=_child, args=(cell, opts, send, n_threads))
-    proc.start()
-    send.close()
+    proc = ctx.Process(target=_child, args=(cell, opts, send, n_threads, spawned))
+    try:
+        proc.start()
+    finally:
+        send.close()
+        for s in spawned:  # the cell's process has its own copies now
+            if s is not None:
+                s.conn.close()
     now = time.monotonic()
-    return _Running(cell, identity(task, cell), proc, recv, now + opts.timeout_s, now)
+    run = _Running(cell, identity(task, cell), proc, recv, now + opts.timeout_s, now)
+    run.workers = owned
+    return run
+
+
+class _Zygotes:
+    """The run's zygotes (one per set of plugin sources), forking each cell's plugin processes.
+
+    Where one cannot start (no bubblewrap, no nested user namespaces, ``--sandbox none``),
+    cells start fresh sandboxed interpreters as before; the record's ``isolation`` says which.
+    """
+
+    def __init__(self, task: Task, opts: RunOptions):
+        self.task, self.opts = task, opts
+        self.device = resolve_device(opts.device)
+        self.zygotes: dict[tuple, Zygote | None] = {}
+
+    def _zygote(self, cell: Cell) -> Zygote | None:
+        files, modules = _method_sources(self.task, [cell])
+        key = (tuple(files), modules, cell.attachments)
+        if key not in self.zygotes:
+            try:
+                self.zygotes[key] = Zygote(
+                    plugin_files=tuple(files), import_modules=modules,
+                    attachments=check_attachments(cell.attachments),
+                    packages=(type(self.task).__module__.rsplit(".", 1)[0],), device=self.device,
+                )  # fmt: skip
+            except (RuntimeError, OSError) as exc:
+                _log.warning("plugin processes start fresh (slower): %s", exc)
+                self.zygotes[key] = None
+        return self.zygotes[key]
+
+    def spawn(self, cell: Cell, n_threads: int) -> tuple[tuple, tuple]:
+        """(plugin, auditor) workers for ``cell`` (None: start fresh), and what to kill after."""
+        zygote = self._zygote(cell)
+        if zygote is None:
+            return (None, None), ()
+        plugin = zygote.spawn(n_threads, self.opts.memory_mb)
+        auditor = (
+            zygote.spawn(1, self.opts.memory_mb) if audited(self.task, cell, self.opts) else None
+        )
+        return (plugin, auditor), tuple((zygote, s.wid) for s in (plugin, auditor) if s)
+
+    @staticmethod
+    def release(run: _Running) -> None:
+        """End the plugin processes forked for a finished cell."""
+        for zygote, wid in run.workers:
+            zygote.kill(wid)
+
+    def close(self) -> None:
+        for z in self.zygotes.values():
+            if z is not None:
+                z.close()
+
+    @classmethod
+    def for_run(cls, task: Task, opts: RunOptions) -> _Zygotes | None:
+        """The run's zygotes, or None where plugin processes must start fresh."""
+        if not opts.zygote or opts.sandbox == "none" or bwrap_version() is None:
+            return None
+        return cls(task, opts)
 
 
 def _poll_cell(task: Task, run: _Running, opts: RunOptions, on_progress) -> Result | None:

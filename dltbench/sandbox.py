@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
+import json
 import os
 import resource
 import shutil
@@ -30,6 +32,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -118,8 +122,13 @@ def bwrap_command(
     plugin_files: tuple[str, ...],
     modules: tuple[str, ...],
     attachments: tuple[str, ...] = (),
+    read_only_root: bool = False,
 ) -> tuple[list[str], list[str]]:
-    """The bwrap prefix for the worker and the PYTHONPATH entries it needs inside."""
+    """The bwrap prefix for the worker and the PYTHONPATH entries it needs inside.
+
+    ``read_only_root``: the root, ``/dev`` and ``/tmp`` read-only too (for the zygote:
+    each worker it forks covers the writable places left with private mounts of its own).
+    """
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
             "--unshare-ipc", "--unshare-uts", "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp"]  # fmt: skip
@@ -142,6 +151,8 @@ def bwrap_command(
     for dev in sorted(Path("/dev").glob("nvidia*")):  # CUDA devices, when present
         args += ["--dev-bind", str(dev), str(dev)]
     args += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch)]
+    if read_only_root:  # after the binds: /tmp holds the plugin's files, bound read-only
+        args += ["--remount-ro", "/", "--remount-ro", "/dev", "--remount-ro", "/tmp"]
     return args, pythonpath
 
 
@@ -165,6 +176,52 @@ def _limits(memory_mb: float | None, cpu_only: bool):
     return apply
 
 
+def _worker_env(scratch: Path, threads: int) -> dict[str, str]:
+    """The environment of a sandboxed interpreter: none of the user's but locale and devices."""
+    env = {
+        k: v for k, v in os.environ.items()
+        if k.startswith(("LANG", "LC_", "CUDA", "NVIDIA", "OPENBLAS", "PATH"))
+    }  # fmt: skip
+    env.update(
+        HOME=str(scratch), TMPDIR=str(scratch), PYTHONHASHSEED="0",
+        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONDONTWRITEBYTECODE="1",
+    )  # fmt: skip
+    return env
+
+
+def _isolation(use_bwrap: bool, memory_mb: float | None, threads: int, forked: bool) -> dict:
+    """What the record says of where the plugin ran."""
+    process = "separate plugin process; oracle interface"
+    if forked:
+        process = (
+            "separate plugin process, forked from a sandboxed zygote into its own user, "
+            "mount, PID, network and IPC namespaces; oracle interface"
+        )
+    return {
+        "sandbox": bwrap_version() if use_bwrap else "none",
+        "network": "none" if use_bwrap else "host",
+        "filesystem": "read-only binds of Python and dltbench, private scratch"
+        if use_bwrap else "the user's (no sandbox found: install bubblewrap)",
+        "process": process,
+        "memory_mb": memory_mb,
+        "threads": threads,
+    }  # fmt: skip
+
+
+@dataclass
+class Spawned:
+    """A worker a :class:`Zygote` forked: the harness's end of its oracle socket, and its files.
+
+    Picklable (the connection travels to the cell's process as a duplicated descriptor).
+    """
+
+    conn: Connection
+    wid: int
+    log_path: Path
+    exit_path: Path
+    isolation: dict[str, Any]
+
+
 class PluginProcess:
     """A confined worker for one cell's method; :attr:`endpoint` talks to it."""
 
@@ -186,15 +243,7 @@ class PluginProcess:
         if sandbox == "bwrap" and not use_bwrap:
             raise RuntimeError("--sandbox bwrap was asked for, but bwrap does not work here")
         ours, theirs = socket.socketpair()
-        env = {
-            k: v for k, v in os.environ.items()
-            if k.startswith(("LANG", "LC_", "CUDA", "NVIDIA", "OPENBLAS", "PATH"))
-        }  # fmt: skip
-        env.update(
-            HOME=str(self.scratch), TMPDIR=str(self.scratch), PYTHONHASHSEED="0",
-            OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-            PYTHONDONTWRITEBYTECODE="1",
-        )  # fmt: skip
+        env = _worker_env(self.scratch, threads)
         cmd = [sys.executable, "-m", "dltbench.worker", str(theirs.fileno()), str(threads)]
         if use_bwrap:
             prefix, pythonpath = bwrap_command(
@@ -217,15 +266,23 @@ class PluginProcess:
         theirs.close()
         self.endpoint = Endpoint(Connection(ours.detach()), trusted_peer=False)
         self.endpoint.on_progress = on_progress
-        self.isolation: dict[str, Any] = {
-            "sandbox": bwrap_version() if use_bwrap else "none",
-            "network": "none" if use_bwrap else "host",
-            "filesystem": "read-only binds of Python and dltbench, private scratch"
-            if use_bwrap else "the user's (no sandbox found: install bubblewrap)",
-            "process": "separate plugin process; oracle interface",
-            "memory_mb": memory_mb,
-            "threads": threads,
-        }  # fmt: skip
+        self.isolation: dict[str, Any] = _isolation(use_bwrap, memory_mb, threads, forked=False)
+        self.exit_path: Path | None = None
+
+    @classmethod
+    def adopt(cls, spawned: Spawned, on_progress=None) -> PluginProcess:
+        """A handle on a worker that the run's :class:`Zygote` forked (milliseconds, not seconds).
+
+        Its lifetime is the zygote owner's to end; :meth:`close` only hangs up, which ends
+        an honest worker at once.
+        """
+        self = cls.__new__(cls)
+        self.scratch, self.proc = None, None
+        self.log_path, self.exit_path = spawned.log_path, spawned.exit_path
+        self.endpoint = Endpoint(spawned.conn, trusted_peer=False)
+        self.endpoint.on_progress = on_progress
+        self.isolation = dict(spawned.isolation)
+        return self
 
     def request(self, op: str, *args: Any) -> Any:
         """Send a request; a dead worker becomes PluginDied with the end of its log."""
@@ -234,11 +291,20 @@ class PluginProcess:
         except PluginDied as exc:
             raise PluginDied(self._death_reason()) from exc
 
+    def _exit_code(self) -> int | None:
+        if self.proc is not None:
+            try:
+                return self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                return None
+        for _ in range(50):  # the zygote writes it when it reaps the worker
+            with contextlib.suppress(OSError, ValueError):
+                return int(self.exit_path.read_text())
+            time.sleep(0.1)
+        return None
+
     def _death_reason(self) -> str:
-        try:
-            code = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = self._exit_code()
         why = f"the plugin process ended (exit code {code})"
         if code is not None and code < 0:
             why = f"the plugin process was killed by signal {-code}"
@@ -263,6 +329,8 @@ class PluginProcess:
         """
         with contextlib.suppress(Exception):
             self.endpoint.conn.close()
+        if self.proc is None:  # forked by a zygote: its owner ends it
+            return
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -274,3 +342,112 @@ class PluginProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class Zygote:
+    """A sandboxed interpreter with torch imported that forks this run's plugin workers.
+
+    One per run and set of plugin sources (its binds are theirs). Each worker it forks
+    gets namespaces of its own (see :mod:`dltbench.zygote`), so it is as separate from the
+    other cells' workers as a fresh sandbox; starting one costs milliseconds instead of
+    the seconds of a new interpreter. Needs bubblewrap and nested user namespaces: the
+    constructor raises where either is missing, and the caller starts fresh sandboxes.
+    """
+
+    def __init__(
+        self,
+        *,
+        plugin_files: tuple[str, ...] = (),
+        import_modules: tuple[str, ...] = (),
+        attachments: tuple[str, ...] = (),
+        packages: tuple[str, ...] = (),
+        device: torch.device | str = "cpu",
+    ):
+        if bwrap_version() is None:
+            raise RuntimeError("the zygote needs bubblewrap")
+        self.scratch = Path(tempfile.mkdtemp(prefix="dltbench-zygote-"))
+        self.cpu_only = torch.device(device).type == "cpu"
+        self._ids = itertools.count(1)
+        ours, theirs = socket.socketpair()
+        prefix, pythonpath = bwrap_command(
+            self.scratch, plugin_files, import_modules, attachments, read_only_root=True
+        )
+        env = _worker_env(self.scratch, 1)
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
+        cmd = [sys.executable, "-m", "dltbench.zygote", str(theirs.fileno()), str(self.scratch)]
+        log = open(self.scratch / "zygote.log", "wb")  # noqa: SIM115 - the child holds it
+        self.proc = subprocess.Popen(
+            prefix + cmd + list(packages), pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, env=env, cwd=str(self.scratch), start_new_session=True,
+            preexec_fn=_limits(None, self.cpu_only),
+        )  # fmt: skip
+        log.close()
+        theirs.close()
+        self.ctl = ours
+        try:
+            self._probe()
+        except BaseException:
+            self.close()
+            raise
+
+    def _probe(self) -> None:
+        """Fork one worker and hang up on it: proves the namespaces can be made here."""
+        probe = self.spawn(1, None)
+        try:
+            Endpoint(probe.conn, trusted_peer=False).request("close")
+        except PluginDied as exc:
+            tail = (
+                probe.log_path.read_text(errors="replace")[-600:]
+                if probe.log_path.exists()
+                else ""
+            )
+            raise RuntimeError(
+                f"a forked worker could not isolate itself: {tail.strip()}"
+            ) from exc
+        finally:
+            probe.conn.close()
+            self.kill(probe.wid)
+
+    def spawn(self, threads: int, memory_mb: float | None) -> Spawned:
+        """Fork a fresh, isolated worker with ``threads`` CPU threads and a memory cap in MiB."""
+        wid = next(self._ids)
+        cap = memory_mb + _AS_HEADROOM_MB if memory_mb else None
+        req = {"op": "spawn", "id": wid, "threads": threads, "memory_mb": cap,
+               "cpu_only": self.cpu_only}  # fmt: skip
+        self.ctl.settimeout(120)  # the first answer waits for the zygote's import of torch
+        try:
+            self.ctl.sendall(json.dumps(req).encode() + b"\n")
+            msg, fds, _, _ = socket.recv_fds(self.ctl, 16, 1)
+        except OSError as exc:
+            raise RuntimeError(f"the zygote did not answer: {self.log_tail()}") from exc
+        if msg != b"ok\n" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise RuntimeError(f"the zygote failed to fork a worker: {self.log_tail()}")
+        return Spawned(
+            Connection(fds[0]), wid, self.scratch / f"worker-{wid}.log",
+            self.scratch / f"worker-{wid}.exit",
+            _isolation(True, memory_mb, threads, forked=True),
+        )  # fmt: skip
+
+    def kill(self, wid: int) -> None:
+        """End worker ``wid`` and everything it started (it is PID 1 of its namespace)."""
+        with contextlib.suppress(OSError):
+            self.ctl.sendall(json.dumps({"op": "kill", "id": wid}).encode() + b"\n")
+
+    def log_tail(self, chars: int = 1500) -> str:
+        """The end of what the zygote printed."""
+        try:
+            return (self.scratch / "zygote.log").read_bytes()[-chars:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        """End the zygote and every worker it forked; remove its folder."""
+        with contextlib.suppress(OSError):
+            self.ctl.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        shutil.rmtree(self.scratch, ignore_errors=True)

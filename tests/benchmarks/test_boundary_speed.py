@@ -82,3 +82,40 @@ def test_boundary_cost_of_small_calls(models, benchmark):
         f"\n1000 small calls: local {t_local:.3f}s remote {t_remote:.3f}s "
         f"({1e3 * t_remote:.0f} us per round trip)"
     )
+
+
+def _first_answer(plugin: PluginProcess) -> None:
+    plugin.request("init", {"task": "certified", "method": "bench-fixed-mlp", "seed": 0,
+                            "device": "cpu", "plugin_files": [str(PLUGIN)]})  # fmt: skip
+    plugin.close()
+
+
+def test_worker_start_fresh_vs_zygote(benchmark):
+    """Seconds until a plugin process has loaded its method: a fresh sandboxed interpreter vs a
+    worker forked from the run's zygote (whose own start, once per run, is not counted)."""
+    from dltbench.sandbox import Zygote, bwrap_version
+
+    if bwrap_version() is None:
+        pytest.skip("the zygote needs bubblewrap")
+    try:
+        zygote = Zygote(plugin_files=(str(PLUGIN),))
+    except RuntimeError as exc:
+        pytest.skip(f"no zygote here: {exc}")
+    try:
+        fresh = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            _first_answer(PluginProcess(plugin_files=(str(PLUGIN),), threads=1))
+            fresh.append(time.perf_counter() - t0)
+
+        def forked() -> None:
+            spawned = zygote.spawn(1, None)
+            _first_answer(PluginProcess.adopt(spawned))
+            zygote.kill(spawned.wid)
+
+        benchmark.pedantic(forked, rounds=5, iterations=1)
+        t_fork = benchmark.stats.stats.mean
+        t_fresh = sum(fresh) / len(fresh)
+        benchmark.extra_info.update(fresh_s=t_fresh, forked_s=t_fork, ratio=t_fresh / t_fork)
+    finally:
+        zygote.close()
