@@ -68,7 +68,7 @@ _COMMON = dict(vlb_steps=1000, exact_trace_max_dim=16, dequantization="centered"
                ddim_steps=50, ddpm_steps=1000)  # fmt: skip
 # quick (version 3, issue 19): see docs/tasks/diffusion.md ("Speed") for the CPU profile and
 # the seed separation before and after.
-_QUICK_2D = dict(n_train=4000, n_test=500, train_steps=1200, batch_size=256, ode_rtol=1e-4,
+_QUICK_2D = dict(n_train=4000, n_test=500, train_steps=1000, batch_size=256, ode_rtol=1e-4,
                  ode_atol=1e-4, n_samples=500, stored_samples=250, ddpm_steps=250,
                  vlb_strata=100)  # fmt: skip
 _PROFILES: dict[str, list[dict]] = {
@@ -408,7 +408,12 @@ def estimator_dict(
         "prediction": model.prediction,
         "vlb": {
             "steps": vlb_steps, "reverse_variance": "posterior (fixed small)",
-            "estimator": "all T KL terms, one draw of x_t per step and point",
+            "estimator": "all T KL terms, one draw of x_t per step and point"
+            if not config.vlb_strata or config.vlb_strata >= vlb_steps - 1 else
+            f"unbiased stratified estimate of the sum of the T-1 KL terms from {config.vlb_strata} per point: "
+            f"the first {config.vlb_strata // 2} steps exactly, one uniform step from each of "
+            f"{config.vlb_strata - config.vlb_strata // 2} contiguous groups of the rest, weighted by its "
+            "group's size; one draw of x_t per step used; prior and decoder terms exact",
             "decoder": (f"discretized Gaussian on the grid -1+2k/{data.levels - 1} (bins of width 2/(K-1), "
                         "'255' convention for 8-bit data), exact normal CDF (log_ndtr)")
             if discrete else "Gaussian density",
