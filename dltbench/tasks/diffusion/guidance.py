@@ -41,7 +41,7 @@ from .schedules import LOG_SNR_END, to_eps
 LOG_SNR_RANGE = (LOG_SNR_END - 0.5, 13.0)
 
 #: The harness classifier's fixed training recipe (every method's classifier guidance uses it).
-CLASSIFIER_RECIPE = {"hidden": 256, "layers": 3, "n_freq": 8, "steps": 600, "batch_size": 256,
+CLASSIFIER_RECIPE = {"hidden": 256, "layers": 3, "n_freq": 8, "steps": 400, "batch_size": 256,
                      "lr": 2e-3, "schedule": "cosine decay", "optimizer": "Adam", "seed": 20220726,
                      "log_snr": "uniform on [{:g}, {:g}]".format(*LOG_SNR_RANGE),
                      "x0": "training split, uniformly dequantized in its bin (as the denoisers)"}  # fmt: skip

@@ -57,14 +57,16 @@ def quality(
     ref: Reference,
     rng: np.random.Generator,
     labels: torch.Tensor | None = None,
+    kid: bool = True,
 ) -> dict[str, float]:
-    """FID (feature units^2), KID (mean, std over subsets) of ``images`` (N, C, H, W) in [0, 1]
-    against ``ref``, and, given the asked-for ``labels``, the fraction the feature network's
-    classifier assigns to them."""
+    """FID (feature units^2), KID (mean, std over subsets; unless ``kid`` is False) of
+    ``images`` (N, C, H, W) in [0, 1] against ``ref``, and, given the asked-for ``labels``,
+    the fraction the feature network's classifier assigns to them."""
     feats, logits = ref.net.features_and_logits(images)
     fid = gan_metrics.frechet_distance(*gan_metrics.feature_statistics(feats), ref.mu, ref.sigma)
-    kid, kid_std = gan_metrics.kid(feats, ref.feats, rng, KID_SUBSETS)
-    out = {"fid": fid, "kid": kid, "kid_std": kid_std}
+    out = {"fid": fid}
+    if kid:
+        out["kid"], out["kid_std"] = gan_metrics.kid(feats, ref.feats, rng, KID_SUBSETS)
     if labels is not None and logits is not None:
         out["class_acc"] = float(np.mean(logits.argmax(1) == labels.cpu().numpy()))
     return out
