@@ -13,8 +13,9 @@ METHODS = ["ddpm", "ddpm-cosine", "v-pred"]
 
 
 class TrackDiffusion:
-    """ODE NLL (mean; median), prior outliers and VLB of the built-in methods on the quick
-    profile, seed 0 (the run's wall time is tracked by bench_quick_runs)."""
+    """ODE NLL (mean; median), prior outliers, VLB, and on digits the DDIM samples' FID and the
+    classifier-free-guided samples' class accuracy at w = 2, of the built-in methods on the
+    quick profile, seed 0 (the run's wall time is tracked by bench_quick_runs)."""
 
     params = (METHODS, ["gmm8", "rings", "digits"])
     param_names = ["method", "dataset"]
@@ -46,6 +47,16 @@ class TrackDiffusion:
 
     track_vlb_bpd.unit = "bits/dim"
 
+    def track_ddim_fid(self, cache, method, dataset):
+        return cache[(method, dataset)].get("ddim_fid", float("nan"))  # digits only
+
+    track_ddim_fid.unit = "FID (digits-cnn64, N = 300)"
+
+    def track_cfg_class_acc(self, cache, method, dataset):
+        return cache[(method, dataset)].get("cfg_class_acc", float("nan"))  # digits only
+
+    track_cfg_class_acc.unit = "fraction"
+
 
 class TimeEvaluators:
     """ode_nll (exact trace, 2-D) and the VLB (200 steps) on 256 points of an untrained MLP."""
@@ -63,3 +74,6 @@ class TimeEvaluators:
 
     def time_vlb_256_points_200_steps(self):
         vlb_terms(self.model, self.x, None, 200)
+
+    def time_vlb_256_points_1000_steps_100_strata(self):
+        vlb_terms(self.model, self.x, None, 1000, strata=100)

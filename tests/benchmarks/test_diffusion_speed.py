@@ -70,3 +70,16 @@ def test_vlb_points_per_s(benchmark, model, x):
     print(
         f"\nvlb ({steps} steps): {vec:.1f} points/s batched, {per_step:.1f} one step per call (x{vec / per_step:.1f})"
     )
+
+
+def test_stratified_vlb_points_per_s(benchmark, model, x):
+    """The quick profile's VLB: T = 1000 estimated from 100 stratified steps per point, vs all 999."""
+    benchmark.pedantic(lambda: vlb_terms(model, x, None, 1000, strata=100), rounds=3)
+    strat = N / benchmark.stats.stats.mean
+    full = _rate(lambda: vlb_terms(model, x, None, 1000), N)
+    benchmark.extra_info.update(
+        points_per_s=strat, all_steps_points_per_s=full, speedup=strat / full
+    )
+    print(
+        f"\nvlb (T = 1000): {strat:.1f} points/s stratified (100), {full:.1f} all steps (x{strat / full:.1f})"
+    )

@@ -35,6 +35,9 @@ def test_diffusion_cli_smoke(tmp_path):
             assert "centered" in est["ode"]["dequantization"] and est["levels"] == 17
             assert m.get("true_nll_bpd") is None
             assert all(0 <= v <= 16 for row in samples["ddim"] for v in row)
+            assert m["ddim_fid"] >= 0 and m["cfg_class_acc"] is not None
+            assert est["sample_quality"]["feature_net"] == "digits-cnn64"
+            assert r["curves"]["guidance"]["w"] == [0.0, 2.0]
         else:
             assert est["ode"]["dequantization"].startswith("none")
             assert m["ode_gap_bpd"] == m["ode_nll_bpd"] - m["true_nll_bpd"]

@@ -176,7 +176,7 @@ def test_configs_and_smoke():
     # Published ODE bits/dim (Song et al. 2021, score_sde) use K bins on [-1, 1] and +7 for 8 bits.
     assert task.configs("paper")[0].dequantization == "song"
     assert all(c.dequantization == "centered" for c in quick + task.configs("standard"))
-    assert task.primary_metric == "ode_nll_bpd_trim10" and task.version == "2"
+    assert task.primary_metric == "ode_nll_bpd_trim10" and task.version == "3"
     with pytest.raises(ValueError, match="profile"):
         task.configs("huge")
     smoke = task.smoke(quick[0])
@@ -219,3 +219,74 @@ def test_paper_profile_needs_data_dir():
     task = DiffusionTask()
     with pytest.raises(DataMissing, match="data-dir"):
         task.check_data(task.configs("paper")[0], None)
+
+
+def test_conditional_denoiser_forward_is_its_unconditional_half():
+    from dltbench.tasks.diffusion import MLPDenoiser
+    from dltbench.tasks.diffusion.task import conditional_classes
+
+    m = MLPDenoiser(4, 16, 2, CosineSchedule(), "eps", num_classes=3)
+    x, t = torch.randn(5, 4), torch.rand(5)
+    torch.testing.assert_close(m(x, t), m.conditional(x, t, torch.full((5,), -1)))
+    assert not torch.allclose(m.conditional(x, t, torch.zeros(5)), m(x, t))
+    assert conditional_classes(m) == 3
+    assert conditional_classes(MLPDenoiser(4, 16, 2, CosineSchedule(), "eps")) == 0
+
+
+class _Conditional(nn.Module):
+    """A digits denoiser (untrained MLP) whose conditional answers may be poisoned."""
+
+    prediction, num_classes = "eps", 10
+
+    def __init__(self, poison: bool):
+        super().__init__()
+        from dltbench.tasks.diffusion import MLPDenoiser
+
+        self.inner = MLPDenoiser(64, 32, 2, CosineSchedule(), "eps", num_classes=10)
+        self.schedule, self.poison = self.inner.schedule, poison
+
+    def forward(self, x, t):
+        return self.inner(x, t)
+
+    def conditional(self, x, t, y):
+        out = self.inner.conditional(x, t, y)
+        return out * float("nan") if self.poison else out
+
+
+@pytest.fixture
+def digits_smoke(monkeypatch, tmp_path):
+    from dltbench.tasks.diffusion.guidance import CLASSIFIER_RECIPE
+
+    monkeypatch.setitem(CLASSIFIER_RECIPE, "steps", 20)  # the harness classifier, briefly
+    monkeypatch.setenv("DLTBENCH_CACHE_DIR", str(tmp_path))
+    task = DiffusionTask()
+    cfg = task.smoke(task.configs("quick")[2])
+    return task, cfg, task.prepare(cfg, Context(0, torch.device("cpu")))
+
+
+def test_digits_records_fid_kid_and_guidance_curves(digits_smoke):
+    from dltbench.tasks.gan.features import DIGITS_WEIGHTS, sha256_file
+
+    task, cfg, data = digits_smoke
+    view = data.train_view()
+    assert view.test is None and view.reference is None and view.labels is not None
+    ev = task.evaluate(_Conditional(False), data, cfg, Context(1, torch.device("cpu")))
+    m, g = ev.metrics, ev.curves["guidance"]
+    for k in ("ddim_fid", "ddim_kid", "ddpm_fid", "fid_real", "cg_fid", "cfg_fid"):
+        assert math.isfinite(m[k]), k
+    assert 0 <= m["cg_class_acc"] <= 1 and 0 <= m["cfg_class_acc"] <= 1
+    assert g["w"] == list(cfg.guidance_scales)
+    assert len(g["cfg_fid"]) == len(g["cg_fid"]) == len(g["w"])
+    assert g["cfg_fid"][0] == g["cg_fid"][0]  # w = 0 is the same unguided sample set
+    q = ev.estimator["sample_quality"]
+    assert q["feature_net"] == "digits-cnn64" and q["feature_net_sha256"] == sha256_file(
+        DIGITS_WEIGHTS
+    )
+    assert q["n"] == cfg.n_samples and q["guidance"]["n_per_scale"] == cfg.guidance_samples
+    assert q["reference_images"] == 540
+
+
+def test_poisoned_conditional_answers_are_invalid(digits_smoke):
+    task, cfg, data = digits_smoke
+    with pytest.raises(InvalidArtifact, match="non-finite"):
+        task.evaluate(_Conditional(True), data, cfg, Context(1, torch.device("cpu")))

@@ -186,7 +186,7 @@ def test_bars_are_the_leaderboard_means_and_stds():
 def test_digit_samples_become_a_grid_of_the_records_images():
     page = committed("diffusion")
     grids = [p for p in page.panels if p.kind == "image"]
-    assert len(grids) == 2  # DDIM and DDPM, digits only
+    assert len(grids) == 3  # DDIM, DDPM and classifier-free guided samples, digits only
     panel = grids[0]
     rec = page.records[panel.series[0].records[0]]
     first = np.asarray(rec.curves["samples"]["ddim"][0], float).reshape(8, 8) / 16

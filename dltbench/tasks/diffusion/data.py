@@ -28,6 +28,9 @@ IMAGES = {"digits": 17, "mnist": 256, "cifar10": 256}
 class DiffusionData:
     """Train (and, for the harness, test) points as flat float64 tensors (N, D).
 
+    ``labels`` are the training points' classes (a method may train a class-conditional
+    model on them); test labels are never held here.
+
     ``levels`` is K for discrete data (points on the grid -1 + 2k/(K-1)), None for
     continuous 2-D data. ``shape`` is one point's original shape, e.g. (1, 8, 8).
     """
@@ -37,6 +40,9 @@ class DiffusionData:
     test: torch.Tensor | None  # None in the view a method gets
     levels: int | None
     shape: tuple[int, ...]
+    labels: torch.Tensor | None = None  # classes (N,) of the training points (images only)
+    num_classes: int = 0
+    reference: torch.Tensor | None = None  # the whole test split (FID reference; harness only)
 
     @property
     def dim(self) -> int:
@@ -45,7 +51,7 @@ class DiffusionData:
 
     def train_view(self) -> DiffusionData:
         """What a method sees: the training split only."""
-        return replace(self, test=None)
+        return replace(self, test=None, reference=None)
 
 
 def _gmm8_params() -> tuple[np.ndarray, float]:
@@ -114,8 +120,11 @@ def load(
         return to_grid(torch.round(x.flatten(1) * (levels - 1)), levels)
 
     return DiffusionData(
-        name, grid(images.train.x), grid(images.test.x)[:n_test], levels, images.shape
-    )
+        name, grid(images.train.x), grid(images.test.x)[:n_test], levels, images.shape,
+        images.train.y.long(), images.num_classes,
+        # the FID reference, for the datasets that have a feature network (task.FEATURE_NETS)
+        grid(images.test.x) if name == "digits" else None,
+    )  # fmt: skip
 
 
 def levels_of(x: torch.Tensor, levels: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """How ``dltbench report`` draws this task (presentation only: not part of its source hash)."""
 
-from dltbench.report import Bars, ImageGrid, Points
+from dltbench.report import Bars, ImageGrid, Line, Points
 
 PLOTS = [
     Bars(
@@ -19,4 +19,21 @@ PLOTS = [
         key="samples.ddpm", shape=(8, 8), value_range=(0, 16), title="DDPM samples",
         where={"dataset": "digits"},
     ),
+    Bars(metrics=("ddim_fid", "ddpm_fid", "fid_real"), labels=("DDIM", "DDPM", "training images"),
+         title="FID to the test split (digits-cnn64 features)", ylabel="FID",
+         where={"dataset": "digits"}),
+    Line(y="guidance.cfg_fid", x="guidance.w", title="Classifier-free guidance: FID against w",
+         xlabel="guidance scale w (0 = unguided, 1 = conditional)", ylabel="FID",
+         where={"dataset": "digits"}),
+    Line(y="guidance.cfg_class_acc", x="guidance.w", title="Classifier-free guidance: class accuracy",
+         xlabel="guidance scale w", ylabel="fraction classified as the asked class",
+         where={"dataset": "digits"}),
+    Line(y="guidance.cg_fid", x="guidance.w", title="Classifier guidance: FID against w",
+         xlabel="guidance scale w (harness classifier)", ylabel="FID", where={"dataset": "digits"}),
+    Line(y="guidance.cg_class_acc", x="guidance.w", title="Classifier guidance: class accuracy",
+         xlabel="guidance scale w", ylabel="fraction classified as the asked class",
+         where={"dataset": "digits"}),
+    ImageGrid(key="guidance.cfg_samples", shape=(8, 8), value_range=(0, 16),
+              title="Classifier-free guided samples (w = 2; rows cycle through the classes)",
+              where={"dataset": "digits"}),
 ]  # fmt: skip

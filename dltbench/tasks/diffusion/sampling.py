@@ -9,6 +9,8 @@ deterministic DDIM step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .schedules import LOG_SNR_END, t_max, to_eps, to_x0
@@ -25,12 +27,16 @@ def sample(
     device: torch.device | str = "cpu",
     clip: tuple[float, float] | None = None,
     log_snr_end: float | None = LOG_SNR_END,
+    eps_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    | None = None,
 ) -> torch.Tensor:
     """``n`` samples (n, dim), float64, with ``steps`` steps (None: a discrete schedule's own T).
 
     The walk starts at the last step at or before ``t_max(schedule, log_snr_end)`` (see
     :data:`~.schedules.LOG_SNR_END`); ``clip`` bounds x0-hat at every step (the data range
     of discrete data, as Ho et al.'s and Nichol & Dhariwal's samplers do).
+    ``eps_fn(x, t, alpha, sigma) -> eps-hat`` (float64, x (n, dim), t (n,), alpha and sigma
+    scalars) replaces the model's own noise prediction, e.g. a guided one (:mod:`.guidance`).
     Example: ``ddim = sample(model, 512, 2, steps=50, eta=0.0, generator=g)``.
     """
     sched = model.schedule
@@ -46,9 +52,13 @@ def sample(
     x = torch.randn((n, dim), generator=generator, dtype=torch.float64, device=device)
     x0_hat = x
     for i in range(len(ts) - 1, -1, -1):
-        out = model(x.to(dtype), ts[i].to(dtype).expand(n)).to(torch.float64)
-        eps = to_eps(out, model.prediction, x, alpha[i], sigma[i])
-        x0_hat = to_x0(out, model.prediction, x, alpha[i], sigma[i])
+        if eps_fn is None:
+            out = model(x.to(dtype), ts[i].to(dtype).expand(n)).to(torch.float64)
+            eps = to_eps(out, model.prediction, x, alpha[i], sigma[i])
+            x0_hat = to_x0(out, model.prediction, x, alpha[i], sigma[i])
+        else:
+            eps = eps_fn(x, ts[i].expand(n), alpha[i], sigma[i]).to(torch.float64)
+            x0_hat = (x - sigma[i] * eps) / alpha[i]
         if clip is not None:
             x0_hat = x0_hat.clamp(*clip)
             eps = (x - alpha[i] * x0_hat) / sigma[i]

@@ -14,10 +14,23 @@ from torch import nn
 from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
 from ...oracle import RemoteModule
 from ...registry import register_task
+from ..gan.features import digits_features
 from . import data as ddata
+from . import quality as Q
+from .guidance import (
+    CLASSIFIER_RECIPE,
+    cfg_eps,
+    classifier_eps,
+    guidance_labels,
+    harness_classifier,
+    stack_scales,
+)
 from .likelihood import LN2, dequantize, nats_to_bits_per_dim, ode_nll, resolve_backend, vlb_terms
 from .sampling import median_bandwidth, mmd2, sample
 from .schedules import LOG_SNR_END, PREDICTIONS, Schedule, schedule_from_state
+
+#: Image datasets scored by FID/KID, and the ``gan`` task's feature network of each.
+FEATURE_NETS = {"digits": digits_features}
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,11 @@ class DiffusionConfig:
     ddpm_steps: int  # (a discrete schedule with more steps is respaced evenly)
     stored_samples: int  # samples of each sampler kept in the record's curves
     ode_backend: str = "auto"  # torchdiffeq when installed, else scipy (recorded)
+    vlb_strata: int = 0  # >0: that many of the T-1 diffusion terms per point (unbiased), 0: all
+    guidance_samples: int = 0  # per guidance scale, labelled data only (0: no guidance curve)
+    guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)  # w; 0 = unguided
+    guidance_steps: int = 20  # DDIM steps of the guided samplers
+    guidance_report_w: float = 2.0  # the scale whose FID and accuracy are leaderboard columns
 
 
 #: Terminal points outside the prior's central 1 - PRIOR_TAIL chi^2_D interval are flagged.
@@ -48,17 +66,18 @@ TRIM = 0.1
 
 _COMMON = dict(vlb_steps=1000, exact_trace_max_dim=16, dequantization="centered",
                ddim_steps=50, ddpm_steps=1000)  # fmt: skip
-# quick (version 2): 2000 steps, 500 2-D test points and 250 respaced DDPM steps take a 2-D
-# cell from ~16 to ~8 CPU-seconds and a digits cell from ~27 to ~17; the leaderboard's
-# seed-to-seed separation before and after is in docs/tasks/diffusion.md ("Speed").
-_QUICK_2D = dict(n_train=4000, n_test=500, train_steps=2000, batch_size=256, ode_rtol=1e-4,
-                 ode_atol=1e-4, n_samples=500, stored_samples=250, ddpm_steps=250)  # fmt: skip
+# quick (version 3, issue 19): see docs/tasks/diffusion.md ("Speed") for the CPU profile and
+# the seed separation before and after.
+_QUICK_2D = dict(n_train=4000, n_test=500, train_steps=1000, batch_size=256, ode_rtol=1e-4,
+                 ode_atol=1e-4, n_samples=500, stored_samples=250, ddpm_steps=250,
+                 vlb_strata=100)  # fmt: skip
 _PROFILES: dict[str, list[dict]] = {
     "quick": [
         dict(dataset="gmm8", **_QUICK_2D),
         dict(dataset="rings", **_QUICK_2D),
-        dict(dataset="digits", n_train=0, n_test=300, train_steps=2000, batch_size=128,
-             ode_rtol=1e-4, ode_atol=1e-4, n_samples=300, stored_samples=128, ddpm_steps=250),
+        dict(dataset="digits", n_train=0, n_test=300, train_steps=800, batch_size=128,
+             ode_rtol=1e-4, ode_atol=1e-4, n_samples=300, stored_samples=128, ddpm_steps=250,
+             vlb_strata=100, guidance_samples=150),
     ],
     "standard": [
         dict(dataset=d, n_train=20000, n_test=5000, train_steps=20000, batch_size=512,
@@ -66,7 +85,8 @@ _PROFILES: dict[str, list[dict]] = {
         for d in ("gmm8", "rings")
     ] + [
         dict(dataset="digits", n_train=0, n_test=540, train_steps=20000, batch_size=128,
-             ode_rtol=1e-5, ode_atol=1e-5, n_samples=540, stored_samples=540),
+             ode_rtol=1e-5, ode_atol=1e-5, n_samples=540, stored_samples=540,
+             guidance_samples=540, guidance_steps=50),
         dict(dataset="mnist", n_train=0, n_test=10000, train_steps=50000, batch_size=128,
              ode_rtol=1e-5, ode_atol=1e-5, n_samples=10000, stored_samples=1000),
     ],
@@ -100,7 +120,7 @@ class DiffusionTask(Task):
     """Diffusion models scored by their held-out likelihood: VLB and probability-flow ODE NLL."""
 
     name = "diffusion"
-    version = "2"
+    version = "3"
     description = (
         "VLB and probability-flow ODE NLL (bits/dim) of diffusion models; DDPM/DDIM samples"
     )
@@ -110,7 +130,7 @@ class DiffusionTask(Task):
     # bits/dim on 1-2% of digits) moves the mean by orders of magnitude; not the median either,
     # whose test-set error is 11x the mean's on bimodal per-point NLLs (rings). See the docs.
     primary_metric = "ode_nll_bpd_trim10"
-    artifact_attributes = ("schedule", "prediction")
+    artifact_attributes = ("schedule", "prediction", "num_classes")
     setting_keys = ("dataset",)
     metrics = (
         MetricSpec("ode_nll_bpd_trim10", False, "bits/dim",
@@ -127,6 +147,19 @@ class DiffusionTask(Task):
         MetricSpec("ode_gap_bpd", False, "bits/dim", "ode_nll_bpd - true_nll_bpd: estimates KL(data || model) / D (2-D)"),
         MetricSpec("ddim_mmd2", False, "squared MMD", "unbiased MMD^2 (RBF, median bandwidth) of DDIM samples vs test"),
         MetricSpec("ddpm_mmd2", False, "squared MMD", "unbiased MMD^2 (RBF, median bandwidth) of DDPM samples vs test"),
+        MetricSpec("ddim_fid", False, "feature units^2",
+                   "digits: FID (gan task's digits-cnn64 features) of n_samples DDIM samples vs the test split (biased up at small N; see fid_real)", low=0.0),
+        MetricSpec("ddim_kid", False, "squared MMD", "digits: KID (unbiased, cubic kernel) of the DDIM samples vs the test split"),
+        MetricSpec("ddpm_fid", False, "feature units^2", "digits: FID of n_samples DDPM samples vs the test split", low=0.0),
+        MetricSpec("ddpm_kid", False, "squared MMD", "digits: KID of the DDPM samples vs the test split"),
+        MetricSpec("fid_real", None, "feature units^2",
+                   "digits: FID of n_samples training images vs the same reference: the floor at this N", low=0.0),
+        MetricSpec("cg_fid", False, "feature units^2",
+                   "digits: FID of classifier-guided DDIM samples at w = 2 (harness classifier; guidance_samples of them)", low=0.0),
+        MetricSpec("cg_class_acc", True, "fraction", "digits: fraction of those samples the feature net classifies as the asked class"),
+        MetricSpec("cfg_fid", False, "feature units^2",
+                   "digits: FID of classifier-free-guided DDIM samples at w = 2 (class-conditional models only)", low=0.0),
+        MetricSpec("cfg_class_acc", True, "fraction", "digits: fraction of those samples classified as the asked class"),
         MetricSpec("ode_nfe", False, "evaluations", "drift evaluations of the ODE solves, summed over batches"),
         MetricSpec("ode_points_per_s", True, "points/s", "ODE NLL throughput on this device"),
         MetricSpec("vlb_points_per_s", True, "points/s", "VLB throughput on this device"),
@@ -141,6 +174,9 @@ class DiffusionTask(Task):
         return dataclasses.replace(
             config, n_train=min(config.n_train, 256), n_test=32, train_steps=20, vlb_steps=20,
             ode_rtol=1e-2, ode_atol=1e-2, n_samples=32, ddim_steps=5, ddpm_steps=20, stored_samples=8,
+            vlb_strata=10 if config.vlb_strata else 0,
+            guidance_samples=20 if config.guidance_samples else 0, guidance_scales=(0.0, 2.0),
+            guidance_steps=5,
         )  # fmt: skip
 
     def check_data(self, config: DiffusionConfig, data_dir) -> None:
@@ -176,9 +212,9 @@ class DiffusionTask(Task):
         chunk = 256
         vlb = []
         for i in range(0, len(x), chunk):
-            vlb.append(
-                vlb_terms(model, x[i : i + chunk], data.levels, config.vlb_steps, None, gen).total
-            )
+            terms = vlb_terms(model, x[i : i + chunk], data.levels, config.vlb_steps, None, gen,
+                              strata=config.vlb_strata or None)  # fmt: skip
+            vlb.append(terms.total)
             ctx.progress("vlb", min(i + chunk, len(x)), len(x))
         vlb_nats = torch.cat(vlb)
         vlb_s = time.perf_counter() - start
@@ -216,6 +252,7 @@ class DiffusionTask(Task):
         ctx.progress("sample", 0, 2)
         bandwidth = median_bandwidth(x)
         curves: dict = {"samples": {}}
+        drawn: dict[str, torch.Tensor] = {}
         for name, eta, steps in (
             ("ddim", 0.0, config.ddim_steps),
             ("ddpm", 1.0, config.ddpm_steps),
@@ -232,13 +269,117 @@ class DiffusionTask(Task):
                 else torch.round(kept, decimals=4)
             )
             curves["samples"][name] = kept.cpu().tolist()
+            drawn[name] = s
+        quality_est = None
+        if config.dataset in FEATURE_NETS:
+            ctx.progress("sample quality", 0, 1)
+            ref = Q.reference(Q.to_pixels(data.reference, data.levels, data.shape),
+                              FEATURE_NETS[config.dataset]())  # fmt: skip
+            for name, s in drawn.items():
+                q = Q.quality(Q.to_pixels(s, data.levels, data.shape), ref, ctx.rng)
+                metrics[f"{name}_fid"], metrics[f"{name}_kid"] = q["fid"], q["kid"]
+            real = Q.to_pixels(data.train[: config.n_samples], data.levels, data.shape)
+            metrics["fid_real"] = Q.quality(real, ref, ctx.rng, kid=False)["fid"]
+            quality_est = {**ref.describe(), "n": config.n_samples,
+                           "reference": "the test split (all of it, not only the n_test scored)",
+                           "fid": "gan task's frechet_distance (float64, covariances ddof 1)",
+                           "kid": f"gan task's kid: unbiased cubic-kernel MMD^2, {Q.KID_SUBSETS} subsets of "
+                                  f"min(n, reference, 1000), mean", "fid_real": "first n training images",
+                           "bias": "FID_N is biased upward at small N (fid_real is the floor at this N); "
+                                   "KID is unbiased"}  # fmt: skip
+            if config.guidance_samples and data.labels is not None:
+                g_metrics, g_curve, g_est = guidance_curve(model, data, config, ref, gen, ctx)
+                metrics.update(g_metrics)
+                curves["guidance"] = g_curve
+                quality_est["guidance"] = g_est
         curves["per_point"] = {
             "ode_nll_bpd": [round(v, 5) for v in ode_bpd.cpu().tolist()],
             "vlb_bpd": [round(v, 5) for v in nats_to_bits_per_dim(vlb_nats, dim).cpu().tolist()],
             "ode_prior_outliers": torch.nonzero(outliers).flatten().cpu().tolist(),
         }
         estimator = estimator_dict(model, data, config, res, offset, bandwidth, len(x))
+        if quality_est is not None:
+            estimator["sample_quality"] = quality_est
         return Evaluation(metrics, curves, estimator)
+
+
+def conditional_classes(model) -> int:
+    """K if ``model`` is a class-conditional denoiser (``num_classes`` = K and a
+    ``conditional(x, t, y)`` method), else 0."""
+    k = (
+        model.attributes.get("num_classes")
+        if isinstance(model, RemoteModule)
+        else getattr(model, "num_classes", 0)
+    )
+    has = (
+        "conditional" in model.methods
+        if isinstance(model, RemoteModule)
+        else callable(getattr(model, "conditional", None))
+    )
+    return int(k) if isinstance(k, int) and k > 0 and has else 0
+
+
+def guidance_curve(model, data, config: DiffusionConfig, ref: Q.Reference, gen, ctx: Context):
+    """FID, KID and class accuracy of classifier-guided and classifier-free-guided DDIM samples
+    over the guidance scales; returns (leaderboard metrics, curve, estimator)."""
+    k, n, steps = data.num_classes, config.guidance_samples, config.guidance_steps
+    clip = (-1.0, 1.0)
+    scales = [float(w) for w in config.guidance_scales]
+    pos = [w for w in scales if w > 0]
+    ctx.progress("guidance", 0, 3)
+    # Harness-owned noise-conditional classifier of the training split (see the docs: a
+    # method must not choose the classifier that steers it).
+    classifier, classifier_sha = harness_classifier(data.train, data.labels, k, data.levels)
+    classifier = classifier.to(ctx.device)
+    y0 = guidance_labels(n, k)
+    base = sample(model, n, data.dim, steps, 0.0, gen, ctx.device, clip)
+    y, w = stack_scales(pos, n, k)
+    y, w = y.to(ctx.device), w.to(ctx.device)
+    runs = {"cg": sample(model, len(y), data.dim, steps, 0.0, gen, ctx.device, clip,
+                         eps_fn=classifier_eps(model, classifier, y, w))}  # fmt: skip
+    ctx.progress("guidance", 1, 3)
+    conditional = conditional_classes(model) == k
+    if conditional:
+        runs["cfg"] = sample(model, len(y), data.dim, steps, 0.0, gen, ctx.device, clip,
+                             eps_fn=cfg_eps(model, y, w))  # fmt: skip
+    ctx.progress("guidance", 2, 3)
+    base_q = Q.quality(Q.to_pixels(base, data.levels, data.shape), ref, ctx.rng, y0)
+    curve: dict = {"w": scales}
+    metrics: dict[str, float] = {}
+    for name in ("cg", "cfg"):
+        rows = []
+        for scale in scales:
+            if scale == 0:
+                rows.append(base_q)
+            elif name in runs:
+                s = runs[name][pos.index(scale) * n : (pos.index(scale) + 1) * n]
+                if not torch.isfinite(s).all():
+                    raise InvalidArtifact(f"{name}-guided sampling produced non-finite values")
+                rows.append(Q.quality(Q.to_pixels(s, data.levels, data.shape), ref, ctx.rng, y0))
+            else:
+                rows.append(None)
+        for key in ("fid", "kid", "class_acc"):
+            curve[f"{name}_{key}"] = [None if r is None else r[key] for r in rows]
+        if config.guidance_report_w in scales and rows[scales.index(config.guidance_report_w)]:
+            r = rows[scales.index(config.guidance_report_w)]
+            metrics[f"{name}_fid"], metrics[f"{name}_class_acc"] = r["fid"], r["class_acc"]
+        if name in runs and config.guidance_report_w in pos:
+            i = pos.index(config.guidance_report_w)
+            kept = runs[name][i * n : i * n + min(n, config.stored_samples)]
+            curve[f"{name}_samples"] = ddata.levels_of(kept, data.levels).cpu().tolist()
+    real = Q.to_pixels(data.train[:n], data.levels, data.shape)
+    curve["fid_real"] = Q.quality(real, ref, ctx.rng, kid=False)["fid"]
+    est = {"n_per_scale": n, "scales": scales, "sampler": f"DDIM (eta 0), {steps} steps, x0-hat clipped to [-1, 1]",
+           "labels": "asked classes cycle 0..K-1 (balanced); the same labels at every scale",
+           "convention": "score + w grad log p(y|x): w = 0 unguided, w = 1 conditional, w > 1 sharpened",
+           "classifier_guidance": {"classifier": "harness-owned noise-conditional MLP p(y | x_t, log-SNR) "
+                                   "trained on the training split", "recipe": CLASSIFIER_RECIPE,
+                                   "sha256": classifier_sha},
+           "classifier_free": "model.conditional(x, t, y) with y = -1 for unconditional" if conditional
+                              else "not scored: the model is not class-conditional",
+           "class_accuracy": f"argmax of the feature net's ({ref.net.ident}) classifier == asked class",
+           "reported_w": config.guidance_report_w}  # fmt: skip
+    return metrics, curve, est
 
 
 def trimmed_mean(values: torch.Tensor, proportion: float) -> float:
@@ -267,7 +408,12 @@ def estimator_dict(
         "prediction": model.prediction,
         "vlb": {
             "steps": vlb_steps, "reverse_variance": "posterior (fixed small)",
-            "estimator": "all T KL terms, one draw of x_t per step and point",
+            "estimator": "all T KL terms, one draw of x_t per step and point"
+            if not config.vlb_strata or config.vlb_strata >= vlb_steps - 1 else
+            f"unbiased stratified estimate of the sum of the T-1 KL terms from {config.vlb_strata} per point: "
+            f"the first {config.vlb_strata // 2} steps exactly, one uniform step from each of "
+            f"{config.vlb_strata - config.vlb_strata // 2} contiguous groups of the rest, weighted by its "
+            "group's size; one draw of x_t per step used; prior and decoder terms exact",
             "decoder": (f"discretized Gaussian on the grid -1+2k/{data.levels - 1} (bins of width 2/(K-1), "
                         "'255' convention for 8-bit data), exact normal CDF (log_ndtr)")
             if discrete else "Gaussian density",
