@@ -414,15 +414,64 @@ PRESENTATION_FILES: frozenset[str] = frozenset({"plots.py"})
 
 def task_source_hash(cls: type[Task]) -> str:
     """sha256 of the evaluator's code: the task's package (less its presentation files, see
-    ``PRESENTATION_FILES``) and the shared data and model code."""
+    ``PRESENTATION_FILES``), the modules of other task packages it imports (e.g. diffusion
+    scores samples with gan's FID), and the shared data and model code."""
     pkg = Path(inspect.getfile(cls)).resolve().parent
     here = Path(__file__).resolve().parent
     own = [f for f in sorted(pkg.glob("*.py")) if f.name not in PRESENTATION_FILES]
-    files = own + [here / "models.py", here / "data" / "__init__.py"]
+    files = _with_task_imports(own, here / "tasks") + [
+        here / "models.py",
+        here / "data" / "__init__.py",
+    ]
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _with_task_imports(files: list[Path], tasks_root: Path) -> list[Path]:
+    """``files`` followed by every module of another task package they import, transitively.
+
+    Read from the source (``from ..gan import metrics``, ``from dltbench.tasks.gan.metrics
+    import ...``, at any depth of the file), in a fixed order, so a task's hash changes when
+    code it borrows from another task does, and not otherwise.
+    """
+    out, seen, todo = [], set(), list(files)
+    while todo:
+        f = todo.pop(0)
+        if f in seen:
+            continue
+        seen.add(f)
+        out.append(f)
+        todo += [d for d in _imported_task_modules(f, tasks_root) if d not in seen]
+    return out
+
+
+def _imported_task_modules(path: Path, tasks_root: Path) -> list[Path]:
+    """The .py files under ``tasks_root`` that ``path`` imports (relative or absolute)."""
+    import ast
+
+    found: list[Path] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        parts = (node.module or "").split(".") if node.module else []
+        if node.level:
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+        elif parts[:2] == ["dltbench", "tasks"]:
+            base, parts = tasks_root, parts[2:]
+        else:
+            continue
+        target = base.joinpath(*parts)
+        candidates = [target.with_suffix(".py"), target / "__init__.py"]
+        candidates += [target / f"{alias.name}.py" for alias in node.names]
+        for c in candidates:
+            c = c.resolve()
+            if c.is_file() and c.is_relative_to(tasks_root) and c.name not in PRESENTATION_FILES:
+                found.append(c)
+    return found
 
 
 def source_hash(cls: type) -> str:

@@ -27,12 +27,12 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...cache import cache_dir, code_version
 from ...oracle import RemoteModule
 from .schedules import LOG_SNR_END, to_eps
 
@@ -107,13 +107,6 @@ def _seeded(seed: int):
         torch.set_rng_state(state)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("DLTBENCH_CACHE_DIR")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dltbench"
-    return Path(root) / "diffusion-classifiers"
-
-
 _MEMO: dict[str, tuple[NoisyClassifier, str]] = {}
 
 
@@ -126,8 +119,6 @@ def harness_classifier(
     memory and in ``$DLTBENCH_CACHE_DIR/diffusion-classifiers`` (else ~/.cache/dltbench),
     so the cells of one run share it; a change of any input retrains it.
     """
-    from ..robust.attack_task import code_version  # sha of every dltbench .py file
-
     h = hashlib.sha256()
     for t in (x.to(torch.float64), y.long()):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -135,7 +126,7 @@ def harness_classifier(
     key = h.hexdigest()[:24]
     if key in _MEMO:
         return _MEMO[key]
-    path = _cache_dir() / f"{key}.pt"
+    path = cache_dir("diffusion-classifiers") / f"{key}.pt"
     net = NoisyClassifier(x.shape[1], num_classes, CLASSIFIER_RECIPE["hidden"],
                           CLASSIFIER_RECIPE["layers"], CLASSIFIER_RECIPE["n_freq"])  # fmt: skip
     try:
