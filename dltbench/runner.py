@@ -245,8 +245,11 @@ def execute_cell(cell: Cell, opts: RunOptions, progress: ProgressFn | None = Non
         plugin.method_info = {
             "requires": tuple(
                 getattr(registry.get_method_class(task.name, cell.method), "requires", ())
-            )
-        }
+            ),
+            # which method and seed the plugin runs: a task may share its training across
+            # cells (certified's shared base classifiers key their cache by these)
+            "method": cell.method, "identity": ident, "method_seed": method_ctx.seed,
+        }  # fmt: skip
         audit_on = opts.audit if opts.audit is not None else not cell.profile.endswith("-smoke")
         if task.artifact_kind == "remote" and audit_on:
             auditor = PluginProcess(
