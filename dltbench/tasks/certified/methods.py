@@ -134,13 +134,10 @@ class LipschitzMargin(CertifiedMethod):
     correct margin above that certifies radius eps; L is the product of the layers' spectral
     norms, kept near 1 by spectral normalisation (power iteration). The logits are multiplied
     by ``temperature`` inside the cross-entropy only: a 1-Lipschitz network has small
-    logits, and the certificate (margin / L) does not change with a common scale. L in the
-    loss is the product of each normalised layer's spectral norm, tracked by one step of
-    power iteration per training step on the normalised weight (Tsuzuku et al. estimate L
-    by power iteration too); the harness certifies with the exact norms.
+    logits, and the certificate (margin / L) does not change with a common scale.
     """
 
-    version = "2"
+    version = "1"
     trains_on = ()  # certified without noise: one model per seed serves every row
 
     def __init__(
@@ -159,19 +156,14 @@ class LipschitzMargin(CertifiedMethod):
         for s in data.shape:
             dim *= s
         model = LipschitzMLP([dim, self.hidden, self.hidden, data.num_classes], spectral=True)
-        vectors: list[torch.Tensor] = []  # right singular vector estimates, one per layer
 
         def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, g) -> torch.Tensor:
             bound = torch.ones((), device=x.device)
-            for i, layer in enumerate(m.layers):  # spectral-normalised: each factor is ~1
-                w = layer.weight
-                if len(vectors) <= i:  # a few warm-up steps from a random start
-                    v = torch.randn(w.shape[1], generator=g, device=w.device, dtype=w.dtype)
-                    vectors.append(v / v.norm())
-                    for _ in range(10):
-                        vectors[i] = _power_step(w, vectors[i])
-                vectors[i] = _power_step(w, vectors[i])
-                bound = bound * torch.linalg.vector_norm(w @ vectors[i])
+            # Spectral-normalised: each factor is ~1, kept honest here with exact norms. (One
+            # power-iteration step per training step instead cost 12% of the l2 ACR: after
+            # normalisation many singular values sit near 1 and power iteration lags.)
+            for layer in m.layers:
+                bound = bound * torch.linalg.matrix_norm(layer.weight, ord=2)
             push = (2.0**0.5) * self.eps * bound * (1.0 - F.one_hot(y, data.num_classes))
             return F.cross_entropy(self.temperature * (m(x) + push), y)
 
@@ -183,10 +175,3 @@ class LipschitzMargin(CertifiedMethod):
         for layer in model.layers:
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
         return model.eval()
-
-
-def _power_step(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One power-iteration step towards the top right singular vector of ``w`` (no gradient)."""
-    with torch.no_grad():
-        v = w.T @ (w @ v)
-        return v / v.norm().clamp_min(1e-12)

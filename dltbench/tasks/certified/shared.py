@@ -110,8 +110,10 @@ def load(path: Path) -> np.ndarray | None:
 
 
 def store(path: Path, blob: Any) -> None:
-    """Write a snapshot atomically and drop entries of other code versions."""
-    data = blob.tobytes() if isinstance(blob, np.ndarray) else bytes(blob)
+    """Write a snapshot (uint8 array) atomically and drop entries of other code versions."""
+    if not (isinstance(blob, np.ndarray) and blob.dtype == np.uint8 and blob.ndim == 1):
+        raise OSError("a snapshot must be a 1-D uint8 array")  # not cached; the cell goes on
+    data = blob.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:

@@ -260,7 +260,7 @@ class CertifiedTask(Task):
         fields = shared.declared_fields(self.name, str(info.get("method")))
         if fields is None or identity is None or seed is None or not hasattr(plugin, "endpoint"):
             return super().run_plugin(plugin, data, config, ctx)
-        from ...oracle import RemoteModule  # the oracle imports the api module
+        from ...oracle import PluginError, RemoteModule  # the oracle imports the api module
 
         train_config = shared.training_config(config, fields)
         identity = {**identity, "method": info.get("method")}
@@ -274,7 +274,9 @@ class CertifiedTask(Task):
                 reply = plugin.request("fit", self.train_view(data, config), train_config)
             artifact = RemoteModule.from_reply(plugin.endpoint, reply, ctx.device)
             if blob is None and getattr(artifact, "is_module", False):
-                with contextlib.suppress(OSError):  # a full cache costs time, not correctness
+                # A full cache costs time, not correctness; an unsavable model is the audit's
+                # to report (the runner snapshots it again).
+                with contextlib.suppress(OSError, PluginError):
                     shared.store(path, plugin.request("snapshot", artifact._oid))
         artifact.shared_training = {
             "shared": "trained once per (method, seed, training config) and cached by content "
