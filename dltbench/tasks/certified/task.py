@@ -164,19 +164,23 @@ class CertifiedMethod(Method):
         harness will smooth with, ``config.norm`` the certified norm; ``config.epochs`` the
         budget; ``ctx`` gives the device and this cell's random generators. A model that is
         a :class:`dltbench.tasks.certified.LipschitzMLP` is certified by its Lipschitz margin
-        instead of by smoothing.
+        instead of by smoothing. A built-in class that declares ``trains_on`` (the fields its
+        training reads besides dataset and epochs) gets every other field as None, and its
+        model is shared by the rows with the same training config (see :mod:`.shared`).
         """
 
 
 @register_task
 class CertifiedTask(Task):
-    """Certified robustness: randomized smoothing (Cohen et al. 2019) in l2, l1 and l-inf, and
-    Lipschitz-margin certificates, on the same test points."""
+    """Certified robustness: randomized smoothing (Cohen et al. 2019) in l2, l1 and l-inf, over
+    brightness and contrast (Fischer et al. 2020; Li et al. 2021), and Lipschitz-margin
+    certificates, on the same test points."""
 
     name = "certified"
     version = "4"
-    description = ("certified accuracy vs radius (l2, l1, l-inf): randomized smoothing "
-                   "(Gaussian, Laplace, uniform) and Lipschitz-margin certificates")  # fmt: skip
+    description = ("certified accuracy vs radius (l2, l1, l-inf, brightness, contrast): "
+                   "randomized smoothing (Gaussian, Laplace, uniform; over the transformation) "
+                   "and Lipschitz-margin certificates")  # fmt: skip
     method_type = CertifiedMethod
     protocol = "train"
     primary_metric = "acr"
@@ -348,7 +352,8 @@ class CertifiedTask(Task):
         if config.noise in TRANSFORMS:
             estimator["smoothing"] = (
                 f"one N(0, sigma^2) draw of the {config.noise} parameter per noisy input "
-                "(brightness: x + b; contrast: x * exp(k)), no clipping"
+                "(brightness: x + b; contrast: m + exp(k) (x - m), m the image's mean pixel), "
+                "no clipping"
             )
         return self._score(model, data, config, ctx, idx, y, labels, radii, extra, estimator,
                            certify_at)  # fmt: skip
