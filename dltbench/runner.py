@@ -267,8 +267,11 @@ def execute_cell(
         plugin.method_info = {
             "requires": tuple(
                 getattr(registry.get_method_class(task.name, cell.method), "requires", ())
-            )
-        }
+            ),
+            # which method and seed the plugin runs: a task may share its training across
+            # cells (certified's shared base classifiers key their cache by these)
+            "method": cell.method, "identity": ident, "method_seed": method_ctx.seed,
+        }  # fmt: skip
         if audited(task, cell, opts):
             auditor = (
                 PluginProcess.adopt(workers[1]) if workers[1] else

@@ -46,6 +46,17 @@ def test_run_writes_records_and_leaderboards_then_resumes_and_forces(dirs, capsy
     ):
         assert key in r
     assert {"n0", "n", "alpha", "sigma", "test_points"} <= set(r["estimator"])
+    # standard trains one model for both sigmas (it reads neither): the second cell restores
+    # the first's; gaussian-aug trains one per sigma.
+    training = {(r["method"], r["config"]["sigma"]): r["estimator"]["training"] for r in recs}
+    std = [training[("standard", s)] for s in (0.25, 0.5)]
+    assert std[0]["key"] == std[1]["key"] and any(t["cache_hit"] for t in std)
+    assert std[0]["config_fields_seen"] == ["dataset", "epochs"]
+    clean = {r["metrics"]["base_clean_acc"] for r in recs if r["method"] == "standard"}
+    assert len(clean) == 1  # the same weights answer in both cells
+    aug = [training[("gaussian-aug", s)] for s in (0.25, 0.5)]
+    assert aug[0]["key"] != aug[1]["key"]
+    assert aug[0]["config_fields_seen"] == ["dataset", "epochs", "noise", "sigma"]
     assert r["metrics"]["acr"] >= 0.0 and len(r["curves"]["radius"]) == len(
         r["curves"]["certified_accuracy"]
     )

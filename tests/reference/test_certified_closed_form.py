@@ -202,7 +202,7 @@ def test_noise_training_beats_clean_training_on_the_quick_profile():
 
 
 def test_radius_ceiling_is_the_all_samples_agree_bound():
-    """sigma * Phi^-1(alpha^(1/n)): 0.6755 at the quick profile's n=2000, sigma=0.25 (issue 9)."""
+    """sigma * Phi^-1(alpha^(1/n)): 0.6755 at n=2000 (the quick profile's before task version 4), sigma=0.25."""
     from scipy.stats import beta
 
     from dltbench.tasks.certified.task import radius_ceiling

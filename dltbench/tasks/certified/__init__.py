@@ -1,4 +1,5 @@
-"""``certified``: certified accuracy vs l2 radius by randomized smoothing (Cohen et al. 2019).
+"""``certified``: certified accuracy vs radius by randomized smoothing (Cohen et al. 2019; l2, l1,
+l-inf, and brightness and contrast by smoothing over the transformation) or a Lipschitz margin.
 
 Library use, no CLI needed::
 
@@ -6,26 +7,30 @@ Library use, no CLI needed::
     label, radius = certify(model, x, sigma=0.25, n0=100, n=100_000, alpha=0.001, batch_size=1000)
 """
 
-from . import methods  # noqa: F401  (registers the built-in methods)
+from . import methods, shared  # noqa: F401  (methods registers the built-in methods)
 from .lipschitz import LipschitzMLP
 from .smoothing import (
     ABSTAIN,
     CERTIFICATES,
+    TRANSFORMS,
     certified_accuracy,
     certify,
     certify_batch,
     draw_noise,
     lower_confidence_bound,
     noisy_counts,
+    perturb,
     predict,
     predict_batch,
     radius_from_pa,
+    transform,
 )
 from .task import LEADERBOARD_RADII, CertifiedConfig, CertifiedMethod, CertifiedTask
 
 __all__ = [
     "ABSTAIN",
     "CERTIFICATES",
+    "TRANSFORMS",
     "LEADERBOARD_RADII",
     "CertifiedConfig",
     "CertifiedMethod",
@@ -37,7 +42,9 @@ __all__ = [
     "draw_noise",
     "lower_confidence_bound",
     "noisy_counts",
+    "perturb",
     "predict",
     "predict_batch",
     "radius_from_pa",
+    "transform",
 ]

@@ -16,6 +16,19 @@ noise of scale b certifies the l1 radius -b log(2 (1 - pA)) (Teng, Lee & Yuan, I
 uniform noise on [-lam, lam]^d the l1 radius 2 lam (pA - 1/2) (Yang et al., ICML 2020,
 "Randomized smoothing of all shapes and sizes"), and Gaussian noise the l-inf radius
 sigma Phi^-1(pA) / sqrt(d), since ||delta||_2 <= sqrt(d) ||delta||_inf.
+
+Semantic transformations are smoothed in their own parameter space (Fischer, Baader & Vechev,
+NeurIPS 2020; Li et al., "TSS", CCS 2021): for a transformation whose parameters add under
+composition, phi(phi(x, a), b) = phi(x, a + b), the smoothed classifier over a ~ N(0, s^2)
+at the transformed input phi(x, t) is the one at x with the Gaussian shifted by t, so Cohen
+et al.'s theorem in one dimension certifies every |t| < s Phi^-1(pA). Brightness x + b
+(b in pixel units, every pixel shifted alike; TSS's brightness shift) and contrast
+m + exp(k) (x - m) about the image's mean pixel m (k = ln of the contrast factor; the mean
+is unchanged, so factors multiply) compose additively as long as nothing clips, so neither
+clips here: the threat model is the unclipped transformation, as in TSS. TSS's own contrast
+is the scaling x * exp(k), which a ReLU network with small biases nearly ignores (it is
+positively homogeneous up to them); contrast about the mean is what image libraries call
+contrast and removes the image's content as k goes to -infinity.
 """
 
 from __future__ import annotations
@@ -35,7 +48,17 @@ CERTIFICATES: dict[tuple[str, str], str] = {
     ("gaussian", "linf"): "sigma * Phi^-1(pA) / sqrt(d) (the l2 ball contains it)",
     ("laplace", "l1"): "-b * log(2 * (1 - pA)) (Teng et al. 2020)",
     ("uniform", "l1"): "2 * lam * (pA - 1/2) (Yang et al. 2020)",
+    ("brightness", "brightness"): (
+        "sigma_b * Phi^-1(pA) on the brightness shift |b| (Fischer et al. 2020; Li et al. 2021)"
+    ),
+    ("contrast", "contrast"): (
+        "sigma_k * Phi^-1(pA) on |ln c| of the contrast factor c about the image mean "
+        "(Fischer et al. 2020; Li et al. 2021)"
+    ),
 }
+#: Noises that act on a transformation's parameter (one N(0, scale^2) draw per noisy input),
+#: not on each pixel; each certifies its own parameter, the row's ``norm``.
+TRANSFORMS = ("brightness", "contrast")
 
 
 def draw_noise(
@@ -59,6 +82,30 @@ def draw_noise(
     raise ValueError(f"unknown noise {kind!r}; use gaussian, laplace or uniform")
 
 
+def transform(kind: str, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, ...) under transformation ``kind`` with one parameter per row (N,): brightness
+    x + b; contrast m + exp(k) (x - m) about each image's mean pixel m (torchvision's
+    ``adjust_contrast`` without its clipping); no clipping (it would break additivity)."""
+    p = param.reshape(-1, *([1] * (x.dim() - 1))).to(x)
+    if kind == "brightness":
+        return x + p
+    if kind == "contrast":
+        mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
+        return mean + torch.exp(p) * (x - mean)
+    raise ValueError(f"unknown transformation {kind!r}; use {', '.join(TRANSFORMS)}")
+
+
+def perturb(
+    kind: str, x: torch.Tensor, scale: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A noisy copy of each row of ``x``: pixel noise of ``kind`` and ``scale`` added (see
+    :func:`draw_noise`), or transformation ``kind`` at a parameter drawn from N(0, scale^2)."""
+    if kind in TRANSFORMS:
+        param = torch.randn(len(x), generator=generator, device=x.device, dtype=x.dtype)
+        return transform(kind, x, param.mul_(scale))
+    return draw_noise(kind, tuple(x.shape), scale, generator, x.device, x.dtype).add_(x)
+
+
 def radius_from_pa(
     p_a: np.ndarray | float, noise: str, scale: float, norm: str, dim: int
 ) -> np.ndarray:
@@ -71,7 +118,7 @@ def radius_from_pa(
         )
     p = np.clip(np.asarray(p_a, dtype=float), 0.5, 1.0)
     with np.errstate(divide="ignore"):
-        if noise == "gaussian":
+        if noise in ("gaussian", *TRANSFORMS):
             r = scale * norm_dist.ppf(p) / (np.sqrt(dim) if norm == "linf" else 1.0)
         elif noise == "laplace":
             r = -scale * np.log(2.0 * (1.0 - p))
@@ -99,7 +146,7 @@ def noisy_counts(
     noise: str = "gaussian",
 ) -> torch.Tensor:
     """Class counts (P, K) of ``model``'s argmax over ``num`` noisy draws around each of P points
-    (``noise`` of scale ``sigma``: see :func:`draw_noise`).
+    (``noise`` of scale ``sigma``: see :func:`perturb`).
 
     ``x`` has shape (P, C, H, W) and lives on the model's device; noisy inputs are
     formed ``batch_size`` at a time across points, so small ``num`` still fills batches.
@@ -109,9 +156,7 @@ def noisy_counts(
     counts: torch.Tensor | None = None
     for start in range(0, total, batch_size):
         owner = torch.arange(start, min(start + batch_size, total), device=x.device) // num
-        shape = (len(owner), *x.shape[1:])
-        noisy = draw_noise(noise, shape, sigma, generator, x.device, x.dtype)
-        logits = model(noisy.add_(x[owner]))  # in place: one allocation
+        logits = model(perturb(noise, x[owner], sigma, generator))
         if counts is None:
             counts = torch.zeros(p, logits.shape[1], dtype=torch.long, device=x.device)
         pred = logits.argmax(1)
