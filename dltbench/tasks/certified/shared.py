@@ -14,7 +14,7 @@ unpickled here: only a sandboxed plugin process of the same method restores them
 folder (``$DLTBENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/dltbench`` or ``~/.cache/dltbench``),
 under a content hash of the method's name, version, source, parameters and attachments, the
 method seed, the training config, the training data, the device type, the torch version, the
-thread count and the harness's own source code (robust's ``code_version``): a changed line of
+thread count and the harness's own source code (``dltbench.cache.code_version``): a changed line of
 dltbench is a new key, so models are never shared across code versions. Only methods whose
 class the harness itself holds (built-ins) are shared; plugin methods train in every cell.
 """
@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from ... import registry
-from ..robust.attack_task import code_version
+from ...cache import cache_dir as _cache_root
+from ...cache import code_version
 
 #: Config fields every method's training may read.
 ALWAYS_VISIBLE = ("dataset", "epochs")
@@ -43,10 +44,7 @@ ALWAYS_VISIBLE = ("dataset", "epochs")
 
 def cache_dir() -> Path:
     """Folder of shared base classifiers (see the module docstring for the variables read)."""
-    root = os.environ.get("DLTBENCH_CACHE_DIR")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dltbench"
-    return Path(root) / "certified-models"
+    return _cache_root("certified-models")
 
 
 def declared_fields(task_name: str, method: str) -> tuple[str, ...] | None:
