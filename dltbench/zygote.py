@@ -145,7 +145,8 @@ def _worker(sock: socket.socket, log_fd: int, scratch: str, req: dict) -> int:
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):  # report it as the harness saw it before: killed by N
-            signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+            with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
+                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
             os.kill(os.getpid(), os.WTERMSIG(status))
         return os.waitstatus_to_exitcode(status) & 0xFF
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
