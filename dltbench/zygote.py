@@ -15,7 +15,10 @@ fresh sandboxes would make them:
   from one cell to the next;
 * new PID, network and IPC namespaces: no other worker, and not the zygote, can be
   signalled, traced, or reached by a socket; the worker is PID 1 of its own namespace, so
-  when it ends, anything it started ends with it;
+  when it ends, anything it started ends with it (the zygote kills it directly: a plugin
+  can clear its own parent-death signal);
+* its own ``/proc`` (itself and system-wide figures only: the zygote's lists every worker,
+  their names and keys) and its own ``/dev/pts`` (the zygote's terminals are shared);
 * not dumpable: no process of the same user can read its memory.
 
 The control protocol with the harness is one JSON object per message on ``FD``; a
@@ -41,7 +44,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
 _CLONE_NEWPID, _CLONE_NEWNET, _CLONE_NEWIPC = 0x20000000, 0x40000000, 0x08000000
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV = 1, 2, 4
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_BIND, _MS_MOVE = 0x1000, 0x2000
+#: What a worker's private /proc shows besides its own ``/proc/self``: system-wide figures.
+_PROC_FILES = ("cpuinfo", "meminfo", "stat", "loadavg", "uptime", "version")
 #: The exit code of a worker whose namespaces could not be set up (the harness falls back).
 ISOLATION_FAILED = 97
 
@@ -68,6 +74,39 @@ def _tmpfs(target: str) -> None:
     )
 
 
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode(), target.encode(), fstype and fstype.encode(), flags,
+            data.encode() or None,
+        ),
+        f"mount {fstype or source} on {target}",
+    )  # fmt: skip
+
+
+def _private_proc(stage: str) -> None:
+    """Cover the zygote's ``/proc`` with one that shows this process alone.
+
+    The zygote's ``/proc`` lists every worker it forked: their names (``comm``), command
+    lines and ``/proc/keys`` are readable by any other, a channel between the plugin and
+    the auditor of one cell, and a proper ``proc`` cannot be mounted in a nested user
+    namespace (bwrap's locked covers of ``/proc/sys``). Built at ``stage`` and moved in.
+    """
+    me = os.readlink("/proc/self")  # our number in the zygote's PID namespace
+    os.mkdir(stage)
+    _mount("tmpfs", stage, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "mode=0755")
+    os.mkdir(f"{stage}/{me}")
+    _mount(f"/proc/{me}", f"{stage}/{me}", None, _MS_BIND)
+    os.symlink(me, f"{stage}/self")  # in a child process, its parent's (never another worker's)
+    for name in _PROC_FILES:
+        if os.path.exists(f"/proc/{name}"):
+            Path(stage, name).touch()
+            _mount(f"/proc/{name}", f"{stage}/{name}", None, _MS_BIND)
+    os.symlink("self/mounts", f"{stage}/mounts")
+    _mount(stage, "/proc", None, _MS_MOVE)
+    os.rmdir(stage)
+
+
 def _die_with_parent() -> None:
     _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
 
@@ -87,10 +126,30 @@ def _worker(sock: socket.socket, log_fd: int, scratch: str, req: dict) -> int:
     os.setsid()
     _die_with_parent()
     _new_user_namespace(_CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC)
+    # The zygote ends a worker with SIGTERM to this process, which SIGKILLs the plugin (PID 1
+    # of its namespace: everything in it ends). Killing only this process would rely on the
+    # plugin's parent-death signal, which the plugin can clear (prctl) to outlive its cell.
+    inner, ended = 0, False
+
+    def _end(signum: int, frame: object) -> None:
+        nonlocal ended
+        ended = True
+        if inner:
+            os.kill(inner, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, _end)
     pid = os.fork()  # the child is PID 1 of the new PID namespace
     if pid:
+        inner = pid
+        if ended:
+            os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):  # report it as the harness saw it before: killed by N
+            with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
+                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+            os.kill(os.getpid(), os.WTERMSIG(status))
         return os.waitstatus_to_exitcode(status) & 0xFF
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
@@ -101,6 +160,10 @@ def _worker(sock: socket.socket, log_fd: int, scratch: str, req: dict) -> int:
         for target in ("/dev/shm", scratch):
             if os.path.isdir(target):
                 _tmpfs(target)
+        if os.path.isdir("/dev/pts"):  # the zygote's: one set of terminals for all workers
+            _mount("devpts", "/dev/pts", "devpts", _MS_NOSUID | _MS_NOEXEC,
+                   "newinstance,ptmxmode=0666,mode=620")  # fmt: skip
+        _private_proc(f"{scratch}/.proc")
         _new_user_namespace(_CLONE_NEWNS)  # locks the mounts above
         _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -147,10 +210,10 @@ def serve(ctl: socket.socket, scratch: str) -> None:
                 _spawn(ctl, children, scratch, req)
             elif req["op"] == "kill" and req["id"] in children:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(children[req["id"]], signal.SIGKILL)
+                    os.kill(children[req["id"]], signal.SIGTERM)  # see _worker
     for pid in children.values():
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGTERM)
 
 
 def _spawn(ctl: socket.socket, children: dict[int, int], scratch: str, req: dict) -> None:

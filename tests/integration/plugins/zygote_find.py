@@ -1,0 +1,67 @@
+"""Imported in a zygote-forked worker by tests/integration/test_zygote_hostile.py after
+zygote_leave.py ran in another worker of the same zygote: it looks for what that one left.
+It prints one JSON line of what it found to its log."""
+
+# ruff: noqa: SIM115 - a probe: files opened and left to the process
+
+import ctypes
+import fcntl
+import glob
+import json
+import os
+
+MARK = "dltleak"
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+found = {"comm": [], "key": [], "pty": [], "root": [], "visible_pids": [], "flock": False}
+
+for path in glob.glob("/proc/[0-9]*/comm") + glob.glob("/proc/[0-9]*/task/*/comm"):
+    try:
+        if open(path).read().strip() == MARK:
+            found["comm"].append(path)
+    except OSError:
+        pass
+found["visible_pids"] = sorted(int(p.split("/")[2]) for p in glob.glob("/proc/[0-9]*"))
+
+key = libc.syscall(250, 10, ctypes.c_long(-3), b"user", MARK.encode(), 0)  # KEYCTL_SEARCH
+if key > 0:
+    buf = ctypes.create_string_buffer(64)
+    n = libc.syscall(250, 11, ctypes.c_long(key), buf, 64)  # KEYCTL_READ
+    found["key"].append(buf.raw[: max(n, 0)].decode(errors="replace"))
+try:
+    for ln in open("/proc/keys"):
+        if MARK in ln:
+            buf = ctypes.create_string_buffer(64)
+            n = libc.syscall(250, 11, ctypes.c_long(int(ln.split()[0], 16)), buf, 64)
+            found["key"].append(buf.raw[: max(n, 0)].decode(errors="replace"))
+except OSError:
+    pass
+
+for pts in glob.glob("/dev/pts/[0-9]*"):
+    try:
+        fd = os.open(pts, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            data = os.read(fd, 100).decode(errors="replace")
+            if MARK in data:
+                found["pty"].append(pts)
+        except OSError:
+            found["pty"].append(f"{pts} opened")
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+for root in glob.glob("/proc/[0-9]*/root"):
+    try:
+        hits = glob.glob(f"{root}/tmp/*/{MARK}.txt") + glob.glob(
+            f"{root}/{os.getcwd()}/{MARK}.txt"
+        )
+        found["root"] += [h for h in hits if open(h).read()]
+    except OSError:
+        pass
+with open(os.path.join(os.path.dirname(__file__), "zygote_leave.py")) as f:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        found["flock"] = True
+print(json.dumps(found), flush=True)
