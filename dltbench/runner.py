@@ -715,10 +715,17 @@ class _Zygotes:
         zygote = self._zygote(cell)
         if zygote is None:
             return (None, None), ()
-        plugin = zygote.spawn(n_threads, self.opts.memory_mb)
-        auditor = (
-            zygote.spawn(1, self.opts.memory_mb) if audited(self.task, cell, self.opts) else None
-        )
+        try:
+            plugin = zygote.spawn(n_threads, self.opts.memory_mb)
+            auditor = (
+                zygote.spawn(1, self.opts.memory_mb)
+                if audited(self.task, cell, self.opts) else None
+            )  # fmt: skip
+        except (RuntimeError, OSError) as exc:  # the zygote died (e.g. a full disk): go on fresh
+            _log.warning("plugin processes start fresh from now on (slower): %s", exc)
+            zygote.close()
+            self.zygotes = {k: (None if z is zygote else z) for k, z in self.zygotes.items()}
+            return (None, None), ()
         return (plugin, auditor), tuple((zygote, s.wid) for s in (plugin, auditor) if s)
 
     @staticmethod

@@ -48,8 +48,10 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_BIND, _MS_MOVE = 0x1000, 0x2000
 #: What a worker's private /proc shows besides its own ``/proc/self``: system-wide figures.
 _PROC_FILES = ("cpuinfo", "meminfo", "stat", "loadavg", "uptime", "version")
-#: The exit code of a worker whose namespaces could not be set up (the harness falls back).
+#: The exit code of a worker whose namespaces could not be set up (its cell fails, saying so).
 ISOLATION_FAILED = 97
+#: Size of each private tmpfs (scratch, /dev/shm) when the run sets no --memory, MiB.
+_DEFAULT_TMPFS_MB = 4096
 
 
 def _check(ret: int, what: str) -> None:
@@ -67,9 +69,11 @@ def _new_user_namespace(flags: int) -> None:
     Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
 
 
-def _tmpfs(target: str) -> None:
+def _tmpfs(target: str, size_mb: int) -> None:
+    # Sized: tmpfs pages are memory that the address-space limit does not count.
+    opts = f"mode=0700,size={size_mb}m".encode()
     _check(
-        _libc.mount(b"tmpfs", target.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0700"),
+        _libc.mount(b"tmpfs", target.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts),
         f"mount tmpfs on {target}",
     )
 
@@ -157,9 +161,10 @@ def _worker(sock: socket.socket, log_fd: int, scratch: str, req: dict) -> int:
     try:
         # Not /tmp: it holds the plugin's file and attachments (bound read-only there), and
         # the zygote made it read-only; the scratch folder is the worker's HOME and TMPDIR.
+        size_mb = int(req.get("memory_mb") or _DEFAULT_TMPFS_MB)
         for target in ("/dev/shm", scratch):
             if os.path.isdir(target):
-                _tmpfs(target)
+                _tmpfs(target, size_mb)
         if os.path.isdir("/dev/pts"):  # the zygote's: one set of terminals for all workers
             _mount("devpts", "/dev/pts", "devpts", _MS_NOSUID | _MS_NOEXEC,
                    "newinstance,ptmxmode=0666,mode=620")  # fmt: skip

@@ -61,3 +61,27 @@ def test_zygote_worker_killed_ends_and_reports(zygote):
     zygote.kill(spawned.wid)
     with pytest.raises(Exception, match="signal 9"):
         worker.request("describe", {"task": "vae"})
+
+
+def test_a_dead_zygote_means_fresh_workers_not_a_failed_run():
+    from dltbench import registry
+    from dltbench.runner import RunOptions, _Zygotes, plan
+
+    class Dead:
+        closed = False
+
+        def spawn(self, threads, memory_mb):
+            raise RuntimeError("the zygote did not answer")
+
+        def close(self):
+            self.closed = True
+
+    registry.discover("vae")
+    task = registry.get_task("vae")
+    cell = plan(task, ["vae"], "quick", [0])[0]
+    pool = _Zygotes(task, RunOptions(device="cpu"))
+    dead = Dead()
+    pool._zygote = lambda c: dead  # what _zygote found: a zygote that has died since
+    pool.zygotes = {"key": dead}
+    assert pool.spawn(cell, 1) == ((None, None), ())  # the cell starts fresh processes
+    assert dead.closed and pool.zygotes == {"key": None}
