@@ -154,3 +154,60 @@ def test_logreg_reference_is_stored_with_provenance():
 def test_unknown_target_is_a_clear_error():
     with pytest.raises(ValueError, match="families"):
         make_target("gausian-d10")
+
+
+def _through_the_oracle(target, plugin):
+    """Run ``plugin(proxy)`` in a worker endpoint (a thread) against the harness's exposed view."""
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    from dltbench.oracle import Endpoint, Exposed, PluginError
+
+    ours, theirs = socket.socketpair()
+    harness = Endpoint(Connection(ours.detach()), trusted_peer=False)
+    worker = Endpoint(Connection(theirs.detach()), trusted_peer=True)
+    thread = threading.Thread(
+        target=worker.serve_forever, args=({"run": lambda ref: plugin(worker._live(ref))},)
+    )
+    thread.start()
+    methods = {"log_prob", "grad_log_prob", "log_prob_and_grad", "conditional", "minibatch_grad"}
+    try:
+        exposed = Exposed(TargetView(target), frozenset(methods), kind="object")
+        try:
+            return harness.request("run", exposed)
+        except PluginError as exc:
+            return f"refused: {exc}"
+    finally:
+        harness.request("close")
+        thread.join()
+
+
+def test_a_batched_oracle_call_of_n_points_counts_n_and_smuggling_is_refused():
+    """One round trip may carry many points, but each row is charged, duplicates included."""
+    t = make_target("gaussian-d10")
+    x = _points(t, 5)
+    LEDGER.clear()
+    lp, g = _through_the_oracle(t, lambda p: p.log_prob_and_grad(x))
+    torch.testing.assert_close(lp, t._log_prob(x))
+    assert dict(LEDGER) == {"grad": 5}
+    LEDGER.clear()  # 10,000 copies of one point: 10,000 evaluations, not one
+    _through_the_oracle(t, lambda p: p.log_prob(x[:1].expand(10_000, -1)))
+    assert dict(LEDGER) == {"density": 10_000}
+    LEDGER.clear()
+    for cheat in (
+        lambda p: p.log_prob(x[None].expand(100, -1, -1)),  # (100, 5, d): 500 points as "100 rows"
+        lambda p: p.grad_log_prob(x.reshape(-1)),  # one flat row of 5 points
+        lambda p: p.log_prob(x.reshape(-1, 2 * t.dim)),  # two points per row
+        lambda p: p.conditional(x, [0, 1, 2]),  # three coordinates for the price of one
+        lambda p: p.conditional(x, torch.arange(10)),
+        lambda p: p.log_prob(x, keepdim=True),  # keyword arguments are not exposed
+    ):
+        assert str(_through_the_oracle(t, cheat)).startswith("refused"), cheat
+    assert sum(LEDGER.values()) == 0
+    lr = make_target("logreg-iris")
+    LEDGER.clear()  # a minibatch of repeated indices is charged per index
+    _through_the_oracle(
+        lr, lambda p: p.minibatch_grad(_points(lr, 2), torch.zeros(50, dtype=torch.long))
+    )
+    assert evaluation_cost(LEDGER, lr.dim, lr.n_data) == pytest.approx(2 * 50 / lr.n_data)

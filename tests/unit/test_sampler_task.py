@@ -174,4 +174,4 @@ def test_configs_cover_every_target_family_per_profile():
         assert fams == {"gaussian", "ill-gaussian", "funnel", "banana", "mixture", "logreg"}
         for n in names:
             make_target(n)
-    assert {c.n_chains for c in TASK.configs("quick")} == {4}
+    assert {(c.n_chains, c.n_draws) for c in TASK.configs("quick")} == {(16, 1000)}

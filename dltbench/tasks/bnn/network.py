@@ -54,6 +54,41 @@ class MLP:
                 h = torch.relu(h)
         return h
 
+    def log_lik_and_grad(
+        self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum over points of log softmax(f_w(x))[y] per row of ``w`` (S,), and its gradient (S, P).
+
+        The backward pass written out (softmax cross-entropy, then each layer's bmm), the
+        same arithmetic autograd would do without building its graph: about a third
+        cheaper per call on the task's small networks.
+        """
+        if w.dim() != 2 or w.shape[1] != self.n_params:
+            raise ValueError(f"weights must have shape (S, {self.n_params}), got {tuple(w.shape)}")
+        s, slices, last = w.shape[0], self.layer_slices(), len(self.sizes) - 2
+        h = x.to(w.dtype).expand(s, *x.shape)
+        inputs = []
+        for i, (sw, sb) in enumerate(slices):
+            inputs.append(h)
+            h = torch.baddbmm(
+                w[:, sb].unsqueeze(1), h, w[:, sw].reshape(s, *self.sizes[i : i + 2])
+            )
+            if i < last:
+                h = torch.relu(h)
+        logp = torch.log_softmax(h, -1)  # (S, n, C)
+        yi = y.expand(s, -1).unsqueeze(-1)
+        ll = logp.gather(-1, yi).squeeze(-1).sum(-1)
+        delta = torch.exp(logp).neg_().scatter_add_(-1, yi, torch.ones_like(yi, dtype=w.dtype))
+        g = torch.empty_like(w)
+        for i in range(last, -1, -1):
+            sw, sb = slices[i]
+            g[:, sw] = torch.bmm(inputs[i].transpose(1, 2), delta).reshape(s, -1)
+            g[:, sb] = delta.sum(1)
+            if i:  # relu'(pre-activation) = 1 where the layer's output (the next input) is > 0
+                wi = w[:, sw].reshape(s, *self.sizes[i : i + 2])
+                delta = torch.bmm(delta, wi.transpose(1, 2)) * (inputs[i] > 0)
+        return ll, g
+
     def logits_one(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits (n, classes) of one weight vector ``w`` (P,) (for torch.func transforms)."""
         h = x.to(w.dtype)

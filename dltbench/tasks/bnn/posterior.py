@@ -54,11 +54,11 @@ class BNNPosterior(Target):
         return -0.5 * (w**2).sum(1) / v - 0.5 * self.dim * math.log(2 * math.pi * v)
 
     def _value_and_grad(self, w, idx=None, scale=1.0):
-        w = w.detach().to(DTYPE).requires_grad_(True)
-        with torch.enable_grad():
-            lp = scale * self.log_lik(w, idx) + self.log_prior(w)
-            (g,) = torch.autograd.grad(lp.sum(), w)
-        return lp.detach(), g
+        w = w.detach().to(DTYPE)
+        x, y = (self._x, self._y) if idx is None else (self._x[idx], self._y[idx])
+        ll, g = self.net.log_lik_and_grad(w, x, y)
+        v = self.prior_sd**2
+        return scale * ll + self.log_prior(w), scale * g - w / v
 
     def _log_prob(self, w):
         with torch.no_grad():
@@ -67,9 +67,7 @@ class BNNPosterior(Target):
     def _grad(self, w):
         return self._value_and_grad(w)[1]
 
-    def log_prob_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both at once (one backward pass); counted as one gradient evaluation per row."""
-        LEDGER["grad"] += _rows(w, self.dim)
+    def _log_prob_and_grad(self, w):
         return self._value_and_grad(w)
 
     def _minibatch_grad(self, w, idx):

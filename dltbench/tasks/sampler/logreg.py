@@ -51,6 +51,12 @@ class LogisticRegression(Target):
         eta = beta @ self._x.T
         return (self._y - torch.sigmoid(eta)) @ self._x - beta / self.prior_sd**2
 
+    def _log_prob_and_grad(self, beta):
+        eta = beta @ self._x.T
+        ll = self._y * eta - torch.nn.functional.softplus(eta)
+        lp = ll.sum(1) - 0.5 * (beta**2).sum(1) / self.prior_sd**2
+        return lp, (self._y - torch.sigmoid(eta)) @ self._x - beta / self.prior_sd**2
+
     def _minibatch_grad(self, beta, idx):
         x, y = self._x[idx], self._y[idx]
         scale = self.n_data / len(idx)

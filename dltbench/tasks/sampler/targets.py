@@ -74,12 +74,16 @@ class Target:
     def log_prob_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both at once; counted as one gradient evaluation per row."""
         LEDGER["grad"] += _rows(x, self.dim)
-        return self._log_prob(x), self._grad(x)
+        return self._log_prob_and_grad(x)
 
     def conditional(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std (each (n,)) of the Gaussian full conditional of coordinate ``i``."""
         if "conditionals" not in self.capabilities:
             raise NotImplementedError(f"target {self.name!r} has no Gaussian full conditionals")
+        # One coordinate per call: an index list or tensor would fetch several conditionals
+        # for the price of one.
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.dim:
+            raise TypeError(f"i must be one coordinate index, an int in [0, {self.dim})")
         LEDGER["conditional"] += _rows(x, self.dim)
         return self._conditional(x, i)
 
@@ -113,6 +117,10 @@ class Target:
     def _grad(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _log_prob_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Subclasses share the work of both where they can: HMC and MALA make ~all calls here.
+        return self._log_prob(x), self._grad(x)
+
     def _conditional(self, x, i):
         raise NotImplementedError
 
@@ -124,8 +132,12 @@ class Target:
 
 
 def _rows(x: torch.Tensor, dim: int) -> int:
-    if x.dim() != 2 or x.shape[1] != dim:
-        raise ValueError(f"expected points of shape (n, {dim}), got {tuple(x.shape)}")
+    """Rows of a batch of points, the unit the ledger counts; anything but (n, dim) is refused."""
+    # Every row is charged, duplicates included; extra leading dimensions would let one
+    # "row" carry many points, so only exactly two dimensions pass.
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != dim:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected points of shape (n, {dim}), got {shape}")
     return int(x.shape[0])
 
 
@@ -157,6 +169,10 @@ class GaussianTarget(Target):
 
     def _grad(self, x):
         return -(x - self._mu) @ self._prec
+
+    def _log_prob_and_grad(self, x):
+        g = (self._mu - x) @ self._prec
+        return 0.5 * (g * (x - self._mu)).sum(1) + self._logz, g
 
     def _conditional(self, x, i):
         p_ii = self._prec[i, i]
@@ -214,6 +230,18 @@ class Funnel(Target):
         g0 = -x0 / 9.0 + 0.5 * (xs**2).sum(1) * e - 0.5 * (self.dim - 1)
         return torch.cat([g0[:, None], -xs * e[:, None]], 1)
 
+    def _log_prob_and_grad(self, x):
+        x0, xs = x[:, 0], x[:, 1:]
+        k = self.dim - 1
+        e = torch.exp(-x0)
+        half_ss = 0.5 * (xs**2).sum(1)
+        lp = (
+            -0.5 * x0**2 / 9.0 - 0.5 * math.log(2 * math.pi * 9.0)
+            - half_ss * e - 0.5 * k * x0 - 0.5 * k * math.log(2 * math.pi)
+        )  # fmt: skip
+        g0 = -x0 / 9.0 + half_ss * e - 0.5 * k
+        return lp, torch.cat([g0[:, None], -xs * e[:, None]], 1)
+
     def _sample_iid(self, n, generator):
         z = _randn(n, self.dim, generator, self.device)
         x0 = 3.0 * z[:, :1]
@@ -250,6 +278,18 @@ class Banana(Target):
         g[:, 1] = -r
         return g
 
+    def _log_prob_and_grad(self, x):
+        a, b = self.a, self.b
+        r = x[:, 1] - b * (x[:, 0] ** 2 - a**2)
+        lp = (
+            -0.5 * x[:, 0] ** 2 / a**2 - math.log(a) - 0.5 * r**2 - 0.5 * (x[:, 2:] ** 2).sum(1)
+            - 0.5 * self.dim * math.log(2 * math.pi)
+        )  # fmt: skip
+        g = -x.clone()
+        g[:, 0] = -x[:, 0] / a**2 + 2.0 * b * x[:, 0] * r
+        g[:, 1] = -r
+        return lp, g
+
     def _sample_iid(self, n, generator):
         z = _randn(n, self.dim, generator, self.device)
         x = z.clone()
@@ -285,6 +325,14 @@ class Mixture(Target):
         g[:, 0] = -(x[:, 0] + self.s) * (1 - w) - (x[:, 0] - self.s) * w
         return g
 
+    def _log_prob_and_grad(self, x):
+        a, b = self._parts(x)
+        rest = -0.5 * (x[:, 1:] ** 2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi)
+        w = torch.sigmoid(b - a)
+        g = -x.clone()
+        g[:, 0] = -(x[:, 0] + self.s) * (1 - w) - (x[:, 0] - self.s) * w
+        return torch.logaddexp(a, b) - math.log(2.0) + rest, g
+
     def _sample_iid(self, n, generator):
         z = _randn(n, self.dim, generator, self.device)
         sign = torch.randint(0, 2, (n,), generator=generator).to(self.device, DTYPE) * 2 - 1
@@ -314,6 +362,9 @@ class Reparameterized(Target):
         self.perm, self.sign, self.shift = (
             t.to(base.device) for t in (self.perm, self.sign, self.shift)
         )
+        inv = torch.argsort(self.perm)
+        self._inv_perm, self._inv_sign = inv, self.sign[inv]
+        self._inv_offset = -(self.shift * self.sign)[inv]
         cpu = (self.perm.cpu(), self.sign.cpu(), self.shift.cpu())
         self.mean = cpu[1] * base.mean[cpu[0]] + cpu[2]
         self.var = base.var[cpu[0]].clone()
@@ -326,15 +377,18 @@ class Reparameterized(Target):
 
     def inverse_map(self, y: torch.Tensor) -> torch.Tensor:
         """Points of this target in the base target's coordinates."""
-        x = torch.empty_like(y)
-        x[..., self.perm] = (y - self.shift) * self.sign
-        return x
+        # x[perm] = (y - shift) * sign, as one gather and one fused multiply-add (bitwise the same)
+        return torch.addcmul(self._inv_offset, y[..., self._inv_perm], self._inv_sign)
 
     def _log_prob(self, x):
         return self.base._log_prob(self.inverse_map(x))
 
     def _grad(self, x):
         return self.base._grad(self.inverse_map(x))[..., self.perm] * self.sign
+
+    def _log_prob_and_grad(self, x):
+        lp, g = self.base._log_prob_and_grad(self.inverse_map(x))
+        return lp, g[..., self.perm] * self.sign
 
     def _conditional(self, x, i):
         j = int(self.perm[i])
