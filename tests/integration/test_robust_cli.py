@@ -18,13 +18,18 @@ def test_robust_and_attack_cli_end_to_end(tmp_path):
     assert main(["run", "--task", "attack", "--method", "fgsm", *io]) == 0
 
     robust = [json.loads(line) for line in (res / "robust.jsonl").read_text().splitlines()]
-    assert {r["setting"]["norm"] for r in robust} == {"linf", "l2"}
+    assert {r["setting"]["norm"] for r in robust} == {"linf", "l2", "l0"}
     for r in robust:
         assert r["status"] == "ok" and r["profile"] == "quick-smoke"
         assert 0 <= r["metrics"]["robust_acc"] <= r["metrics"]["clean_acc"] <= 1
         assert len(r["curves"]["per_point"]["robust"]) == r["estimator"]["test_points"]
+        m = r["metrics"]
+        assert (
+            m["robust_top1_acc"] == m["robust_acc"] <= m["robust_top3_acc"] <= m["robust_top5_acc"]
+        )
+        assert 0 <= m["uap_fooling_rate"] <= 1
     attack = [json.loads(line) for line in (res / "attack.jsonl").read_text().splitlines()]
-    assert len(attack) == 2 and all(r["status"] == "ok" for r in attack)
+    assert len(attack) == 3 and all(r["status"] == "ok" for r in attack)
     fgsm = [r for r in attack if r["method"] == "fgsm"]
     assert all(
         r["metrics"]["forwards_per_point"] == 1 == r["metrics"]["backwards_per_point"]
