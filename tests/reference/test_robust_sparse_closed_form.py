@@ -148,6 +148,7 @@ def test_top1_robustness_is_ordinary_robustness():
 
 def test_topk_attack_pushes_the_label_out_of_the_top_k():
     g = torch.Generator().manual_seed(6)
+    torch.manual_seed(6)  # the layer's initial weights
     model = nn.Sequential(nn.Flatten(), nn.Linear(D, 10)).eval()
     x = 0.3 + 0.4 * torch.rand(60, 1, SIDE, SIDE, generator=g)
     y = model(x).argmax(1)
@@ -160,3 +161,42 @@ def test_topk_attack_pushes_the_label_out_of_the_top_k():
     ranks, plain = ranks(f"top{k}"), ranks("ce")
     # the top-k margin pushes more labels out of the top k than cross-entropy does
     assert (ranks >= k).float().mean() > (plain >= k).float().mean() + 0.05
+
+
+@pytest.mark.slow  # trains a small CNN: about 15 s idle, a minute on a loaded 2-core machine
+def test_eot_against_a_transformation_averaging_model_beats_plain_pgd():
+    from dltbench.api import Context
+    from dltbench.data import digits
+    from dltbench.models import SmallCNN, fit_classifier
+    from dltbench.tasks.robust import standard_loss
+    from dltbench.tasks.robust.physical import (
+        TransformAveraged,
+        TransformFamily,
+        eot_pgd,
+        expected_accuracy,
+    )
+
+    torch.manual_seed(0)
+    data = digits()
+    family = TransformFamily()
+    base = fit_classifier(
+        SmallCNN(1, 10), data.train, standard_loss(), Context(0, torch.device("cpu")), 3
+    )
+    # a randomized defense: logits averaged over 4 fresh draws of the family per call
+    defended = TransformAveraged(
+        base, family, samples=4, generator=torch.Generator().manual_seed(1)
+    )
+    x, y = data.test.x[:100], data.test.y[:100]
+    eps = 0.1
+    plain = pgd(defended, x, y, eps, "linf", torch.Generator().manual_seed(2), steps=10)
+    eot = eot_pgd(
+        defended, x, y, eps, "linf", torch.Generator().manual_seed(2), steps=10, samples=4
+    )
+    assert (lp_norm(eot - x, "linf") <= eps + 1e-6).all()
+
+    def score(xa):  # the defense's expected accuracy, many draws from a fixed stream
+        return expected_accuracy(defended, xa, y, TransformFamily(0, 1, 1, 0, 0), 16,
+                                 torch.Generator().manual_seed(3))  # fmt: skip
+
+    assert score(eot) <= score(plain)
+    assert score(eot) < score(x) - 0.1  # and it is an attack at all

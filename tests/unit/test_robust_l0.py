@@ -178,3 +178,40 @@ def test_universal_perturbation_is_fit_on_training_points_only(data, monkeypatch
     assert torch.equal(fit_on, data.train.x[: cfg.uap_points])
     test_rows = {tuple(r.flatten().tolist()) for r in data.test.x}
     assert not any(tuple(r.flatten().tolist()) in test_rows for r in fit_on)
+
+
+def test_patch_budget_is_one_square_of_the_given_area_anywhere():
+    x = torch.full((2, 3, 8, 8), 0.5)
+    xa = x.clone()
+    xa[0, :, 5:8, 0:3] = 1.0  # a 3 x 3 square in a corner: area 9
+    xa[1, 0, 2, 2] = xa[1, 2, 4, 4] = 0.0  # two pixels spanning a 3 x 3 box
+    verify_perturbation(xa, x, 9, "patch")
+    xa[1, 1, 2, 5] = 0.9  # now spanning 4 columns
+    with pytest.raises(InvalidArtifact, match="patch budget: changed a square of side 4"):
+        verify_perturbation(xa, x, 9, "patch")
+
+
+def test_patch_projection_is_exact_and_pgd_stays_inside():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 6, 6, generator=g)
+    z = x + torch.randn(x.shape, generator=g)
+    p = project(z, x, 4, "patch")  # 2 x 2 windows
+    assert (lp_norm(p - x, "patch") <= 2).all()
+    for n in range(len(x)):  # brute force over the 25 windows
+        best = min(
+            float((torch.where(_window(r, c), z[n].clamp(0, 1), x[n]) - z[n]).square().sum())
+            for r in range(5)
+            for c in range(5)
+        )
+        assert float((p[n] - z[n]).square().sum()) == pytest.approx(best, rel=1e-5)
+    from dltbench.tasks.robust import pgd
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 10)).eval()
+    xa = pgd(model, x, model(x).argmax(1), 4, "patch", g, steps=5)
+    verify_perturbation(xa, x, 4, "patch")
+
+
+def _window(r: int, c: int) -> torch.Tensor:
+    m = torch.zeros(1, 6, 6, dtype=torch.bool)
+    m[:, r : r + 2, c : c + 2] = True
+    return m

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .threat import (
+    COUNT_NORMS,
     LOSSES,
     ascent_direction,
     check_norm,
@@ -84,7 +85,7 @@ def pgd(
     if step_size is not None:
         step = step_size
     else:
-        step = step_scale(eps, norm, x) if norm == "l0" else 2.5 * eps / steps
+        step = step_scale(eps, norm, x) if norm in COUNT_NORMS else 2.5 * eps / steps
     out = x.detach().clone()
     todo = torch.arange(len(x), device=x.device)
     for r in range(max(1, restarts)):
@@ -165,7 +166,7 @@ def universal_perturbation(
     if step_size is not None:
         step = step_size
     else:
-        step = step_scale(eps, norm, x) if norm == "l0" else 2.5 * eps / steps
+        step = step_scale(eps, norm, x) if norm in COUNT_NORMS else 2.5 * eps / steps
     shape = (1, *x.shape[1:])
     mid = torch.full(shape, 0.5, device=x.device, dtype=x.dtype)  # eps < 0.5: no clipping
     delta = project_ball(random_start(mid, eps, norm, generator) - 0.5, eps, norm).detach()

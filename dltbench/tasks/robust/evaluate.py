@@ -29,7 +29,7 @@ from .apgd import apgd, apgd_targeted
 from .attacks import pgd
 from .sparse import sparse_rs
 from .square import square
-from .threat import COUNT_NORMS, check_norm, label_rank, lp_norm
+from .threat import COUNT_NORMS, budget_bound, check_norm, label_rank, lp_norm
 
 #: Absolute slack (pixel scale) on ||x_adv - x||_p <= eps, for float32 rounding only.
 #: The l0 budget is a pixel count and is checked exactly (no slack).
@@ -71,7 +71,12 @@ def default_ensemble(
     the margin, and Sparse-RS with ``square_queries`` queries (the white-box and black-box
     halves of sparse-AutoAttack's idea, Croce et al. 2022, without sparse APGD).
     """
-    if check_norm(norm) == "l0":
+    if check_norm(norm) == "patch":  # gradient attacks at random window starts (no patch RS yet)
+        return {
+            "pgd-patch": partial(pgd, steps=apgd_steps, loss="ce", restarts=3),
+            "pgd-patch-cw": partial(pgd, steps=apgd_steps, loss="cw", restarts=3),
+        }
+    if norm == "l0":
         return {
             "pgd-l0": partial(pgd, steps=apgd_steps, loss="ce"),
             "pgd-l0-cw": partial(pgd, steps=apgd_steps, loss="cw"),
@@ -110,11 +115,13 @@ def verify_perturbation(
     dist = lp_norm(x_adv - x, norm)
     worst = float(dist.max()) if len(dist) else 0.0
     if norm in COUNT_NORMS:
-        k = int(eps)
+        k = budget_bound(eps, norm)
         if worst > k:
             n_bad = int((dist > k).sum())
+            what = "changed" if norm == "l0" else "changed a square of side"
+            unit = "pixels > k" if norm == "l0" else "pixels > s"
             raise InvalidArtifact(
-                f"{who} broke the l0 budget: changed {worst:.0f} pixels > k = {k} "
+                f"{who} broke the {norm} budget: {what} {worst:.0f} {unit} = {k:.0f} "
                 f"on {n_bad} of {len(dist)} points"
             )
         return x_adv

@@ -4,18 +4,22 @@ Norms are named ``"linf"``, ``"l2"`` and ``"l0"``. For linf and l2, eps is in th
 pixel scale. For l0, eps is a count k of changed *pixels*: a pixel is all channels at one
 spatial location of an (N, C, H, W) batch (a flat (N, d) batch has d one-channel pixels),
 and it counts as changed when any of its channels differs from the clean image at all
-(no tolerance). Every attack here keeps its iterates inside
-``{x' in [0, 1]^d : ||x' - x||_p <= eps}``.
+(no tolerance). For ``"patch"`` (Brown et al. 2017), eps is an area a in pixels: x'
+may differ from x only inside one s x s square, s = isqrt(a), anywhere in the image
+(checked exactly: the changed pixels' bounding box has both sides <= s). Every attack
+here keeps its iterates inside ``{x' in [0, 1]^d : ||x' - x||_p <= eps}``.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-NORMS: tuple[str, ...] = ("linf", "l2", "l0")
+NORMS: tuple[str, ...] = ("linf", "l2", "l0", "patch")
 #: Threat models whose eps is a pixel count: budgets are checked exactly, with no tolerance.
-COUNT_NORMS: frozenset[str] = frozenset({"l0"})
+COUNT_NORMS: frozenset[str] = frozenset({"l0", "patch"})
 #: PGD-l0's step: the l1-normalised gradient times L0_STEP * (coordinates per image), as
 #: Croce & Hein (2019) step 120000/255 on 3072-coordinate CIFAR-10 images (about 0.15 d).
 L0_STEP = 0.15
@@ -42,15 +46,63 @@ def changed_pixels(delta: torch.Tensor) -> torch.Tensor:
 
 
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-sample norm (N,) of ``delta`` (N, ...): max |.| for linf, Euclidean for l2, changed pixels for l0."""
+    """Per-sample size (N,) of ``delta`` (N, ...): max |.| (linf), Euclidean (l2), changed pixels (l0),
+    side of the smallest square covering the changed pixels (patch)."""
+    dtype = delta.dtype if delta.is_floating_point() else torch.float32
     if check_norm(norm) == "l0":
-        return (
-            changed_pixels(delta)
-            .sum(1)
-            .to(delta.dtype if delta.is_floating_point() else torch.float32)
-        )
+        return changed_pixels(delta).sum(1).to(dtype)
+    if norm == "patch":
+        return patch_side(delta).to(dtype)
     flat = delta.reshape(delta.shape[0], -1)
     return flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
+
+
+def patch_side(delta: torch.Tensor) -> torch.Tensor:
+    """(N,) side of the smallest square covering the changed pixels of ``delta`` (N, C, H, W); 0 if none."""
+    changed = delta.ne(0).any(1)  # (N, H, W)
+
+    def span(hit: torch.Tensor) -> torch.Tensor:  # (N, L) -> last - first + 1, or 0
+        idx = torch.arange(hit.shape[1], device=hit.device)
+        first = torch.where(hit, idx, hit.shape[1]).amin(1)
+        last = torch.where(hit, idx, -1).amax(1)
+        return (last - first + 1).clamp(min=0)
+
+    return torch.maximum(span(changed.any(2)), span(changed.any(1)))
+
+
+def budget_bound(eps: float, norm: str) -> float:
+    """The largest allowed value of :func:`lp_norm`: eps, k = int(eps) for l0, isqrt(area) for patch."""
+    if norm == "l0":
+        return float(int(eps))
+    if norm == "patch":
+        return float(math.isqrt(int(eps)))
+    return eps
+
+
+def _best_window(gain: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, 1, H, W) bool mask of the side x side window with the largest total ``gain`` (N, 1, H, W)."""
+    n, _, h, w = gain.shape
+    side = max(1, min(side, h, w))
+    sums = F.avg_pool2d(gain, side, stride=1)  # (N, 1, H - s + 1, W - s + 1), mean = sum / s^2
+    flat = sums.flatten(1).argmax(1)
+    r, c = flat // sums.shape[3], flat % sums.shape[3]
+    rows = torch.arange(h, device=gain.device)[None, :]
+    cols = torch.arange(w, device=gain.device)[None, :]
+    in_r = (rows >= r[:, None]) & (rows < r[:, None] + side)
+    in_c = (cols >= c[:, None]) & (cols < c[:, None] + side)
+    return (in_r[:, :, None] & in_c[:, None, :])[:, None]
+
+
+def project_patch(x_adv: torch.Tensor, x: torch.Tensor, area: float) -> torch.Tensor:
+    """Exact Euclidean projection of ``x_adv`` onto {x' in [0, 1]^d : x' = x outside one s x s square}.
+
+    As for l0: keeping pixel p saves ||delta_p||^2 - ||delta_p - clip(delta_p)||^2, and the
+    projection keeps the window (s = isqrt(area)) whose pixels save most in total.
+    """
+    clipped = x_adv.clamp(0.0, 1.0)
+    gain = ((x_adv - x).square() - (x_adv - clipped).square()).sum(1, keepdim=True)
+    keep = _best_window(gain, math.isqrt(int(area))).expand_as(x)
+    return torch.where(keep, clipped, x)
 
 
 def pixel_count(x: torch.Tensor) -> int:
@@ -93,6 +145,8 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
     """
     if norm == "l0":  # the box decides which pixels are worth keeping: one joint projection
         return project_l0(x_adv, x, eps)
+    if norm == "patch":
+        return project_patch(x_adv, x, eps)
     return (x + project_ball(x_adv - x, eps, norm)).clamp(0.0, 1.0)
 
 
@@ -100,6 +154,9 @@ def project_ball(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Project each perturbation in ``delta`` onto the eps-ball of ``norm`` (no box; l0: k largest pixels)."""
     if check_norm(norm) == "linf":
         return delta.clamp(-eps, eps)
+    if norm == "patch":
+        keep = _best_window(delta.square().sum(1, keepdim=True), math.isqrt(int(eps)))
+        return torch.where(keep.expand_as(delta), delta, torch.zeros_like(delta))
     if norm == "l0":
         d = pixel_view(delta)
         keep = _keep_top_pixels(d.square().sum(1), eps)[:, None, :].expand_as(d)
@@ -115,14 +172,14 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """
     if check_norm(norm) == "linf":
         return grad.sign()
-    if norm == "l0":
+    if norm in COUNT_NORMS:
         return grad / _bcast(grad.reshape(len(grad), -1).abs().sum(1) + 1e-12, grad)
     return grad / _bcast(lp_norm(grad, "l2") + 1e-12, grad)
 
 
 def step_scale(eps: float, norm: str, x: torch.Tensor) -> float:
-    """The size of a "full" step: eps for linf and l2; L0_STEP * coordinates per image for l0."""
-    if check_norm(norm) == "l0":
+    """The size of a "full" step: eps for linf and l2; L0_STEP * coordinates per image for l0 and patch."""
+    if check_norm(norm) in COUNT_NORMS:
         return L0_STEP * x[0].numel()
     return eps
 
@@ -132,9 +189,9 @@ def random_start(
 ) -> torch.Tensor:
     """A random point of the ball (uniform in the linf cube; on the l2 sphere; l0: uniform in the
     box, projected onto k pixels, as PGD-l0 starts), clipped to [0, 1]."""
-    if check_norm(norm) == "l0":
+    if check_norm(norm) in COUNT_NORMS:
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return project_l0(u, x, eps)
+        return project(u, x, eps, norm)
     if norm == "linf":
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return (x + eps * (2 * u - 1)).clamp(0.0, 1.0)
