@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .threat import LOSSES, _bcast, ascent_direction, check_norm, dlr_targeted_loss, project
+from .threat import (
+    LOSSES,
+    _bcast,
+    ascent_direction,
+    check_norm,
+    dlr_targeted_loss,
+    fooled_fn,
+    project,
+)
 
 RHO = 0.75
 MOMENTUM = 0.75
@@ -46,14 +54,16 @@ def apgd(
     loss: str = "ce",
     restarts: int = 1,
 ) -> torch.Tensor:
-    """Untargeted APGD on ``loss`` ("ce", "dlr" or "cw"); restarts attack only unfooled points.
+    """Untargeted APGD on ``loss`` ("ce", "dlr", "cw" or "top3"/"top5"); restarts attack only unfooled points.
 
-    A point keeps a misclassified iterate if one was found, else its highest-loss iterate.
+    A point keeps a fooling iterate if one was found, else its highest-loss iterate. With a
+    top-k loss, "fooled" means the label left the top k logits (:func:`fooled_fn`).
     """
     loss_fn = LOSSES[loss]
     return _restarted(
-        model, x, y, eps, norm, generator, steps, restarts, lambda lo, yy, _: loss_fn(lo, yy)
-    )
+        model, x, y, eps, norm, generator, steps, restarts, lambda lo, yy, _: loss_fn(lo, yy),
+        fooled_fn(loss),
+    )  # fmt: skip
 
 
 def apgd_targeted(
@@ -91,16 +101,23 @@ def apgd_targeted(
     return out
 
 
-def _restarted(model, x, y, eps, norm, generator, steps, restarts, loss_fn) -> torch.Tensor:
-    check_norm(norm)
+def _restarted(
+    model, x, y, eps, norm, generator, steps, restarts, loss_fn, fooled=None
+) -> torch.Tensor:
+    # APGD's step-size schedule is defined for the linf and l2 balls only (sparse APGD,
+    # Croce et al. 2022, is a different algorithm): l0 is PGD-l0's and Sparse-RS's.
+    check_norm(norm, ("linf", "l2"), who="APGD")
+    fooled = fooled or fooled_fn("ce")
     out = x.detach().clone()
     todo = torch.arange(len(x), device=x.device)
     for _ in range(max(1, restarts)):
         if len(todo) == 0:
             break
-        xa, fooled = _apgd_run(model, x[todo], y[todo], todo, eps, norm, steps, loss_fn, generator)
+        xa, hit = _apgd_run(
+            model, x[todo], y[todo], todo, eps, norm, steps, loss_fn, generator, fooled
+        )
         out[todo] = xa
-        todo = todo[~fooled]
+        todo = todo[~hit]
     return out
 
 
@@ -112,7 +129,7 @@ def _grad(model, xa, y, idx, loss_fn):
     return grad.detach(), logits.detach(), loss.detach()
 
 
-def _apgd_run(model, x, y, idx, eps, norm, steps, loss_fn, generator):
+def _apgd_run(model, x, y, idx, eps, norm, steps, loss_fn, generator, fooled_by=None):
     """One APGD run over a batch; returns (x_adv, fooled)."""
     x = x.detach()
     if norm == "linf":  # AutoAttack's start: a random direction scaled to the ball's surface
@@ -123,7 +140,8 @@ def _apgd_run(model, x, y, idx, eps, norm, steps, loss_fn, generator):
         t = t / _bcast(t.flatten(1).norm(dim=1) + 1e-12, t)
     xa = (x + eps * t).clamp(0.0, 1.0)
     grad, logits, loss = _grad(model, xa, y, idx, loss_fn)
-    fooled = logits.argmax(1) != y
+    fooled_by = fooled_by or fooled_fn("ce")
+    fooled = fooled_by(logits, y)
     x_adv_best = xa.clone()
     x_best, grad_best, loss_best = xa.clone(), grad.clone(), loss.clone()
     step = torch.full((len(x),), 2.0 * eps, device=x.device, dtype=x.dtype)
@@ -141,7 +159,7 @@ def _apgd_run(model, x, y, idx, eps, norm, steps, loss_fn, generator):
         grad, logits, loss = _grad(model, xa, y, idx, loss_fn)
         since += 1
         with torch.no_grad():
-            wrong = logits.argmax(1) != y
+            wrong = fooled_by(logits, y)
             x_adv_best = torch.where(_bcast(wrong, xa), xa, x_adv_best)
             fooled |= wrong
             history.append(loss)

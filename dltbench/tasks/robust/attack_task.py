@@ -36,11 +36,19 @@ from torch import nn
 
 from ... import data as datasets
 from ... import registry
-from ...api import Context, Evaluation, Method, MetricSpec, Task
+from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task
 from ...oracle import Exposed, MethodGenerator, RemoteObject
 from ...registry import register_task
 from .evaluate import BUDGET_TOL, CountingModel, model_fingerprint, verify_perturbation
-from .task import RobustConfig, RobustTask, check_model, robust_configs, smoke_config, test_points
+from .task import (
+    RobustConfig,
+    RobustTask,
+    check_model,
+    robust_configs,
+    smoke_config,
+    test_points,
+    threat_text,
+)
 
 #: Defenses of the ``robust`` task every attack is scored against.
 REFERENCE_DEFENSES: tuple[str, ...] = ("standard", "pgd-at")
@@ -62,7 +70,11 @@ class AttackConfig(RobustConfig):
 
 
 class AttackMethod(Method):
-    """Protocol of an ``attack`` method: perturb inputs within an l_p ball."""
+    """Protocol of an ``attack`` method: perturb inputs within an l_p ball (or l0 pixel budget)."""
+
+    #: The threat models the attack defines; on any other setting its cell is ``invalid``
+    #: ("does not attack this threat model") before any reference defense is queried.
+    norms: tuple[str, ...] = ("linf", "l2")
 
     @abstractmethod
     def perturb(
@@ -77,8 +89,10 @@ class AttackMethod(Method):
         """Return x_adv (same shape and dtype as x) in [0, 1] with ||x_adv - x||_p <= eps per point.
 
         ``model`` (eval mode) maps (N, C, H, W) in [0, 1] to logits; ``y`` are the true
-        labels; ``norm`` is "linf" or "l2"; draw randomness from ``generator`` (on x's
-        device). The harness verifies every point and scores x_adv on its own copy.
+        labels; ``norm`` is one of the class's ``norms`` ("linf", "l2", or "l0" with eps a
+        count k of changed pixels, a pixel being all channels at one location); draw
+        randomness from ``generator`` (on x's device). The harness verifies every point
+        (the l0 count exactly) and scores x_adv on its own copy.
         """
 
 
@@ -232,6 +246,7 @@ class AttackTask(Task):
     protocol = "perturb"
     primary_metric = "robust_acc"
     setting_keys = ("dataset", "norm", "eps")
+    artifact_attributes = ("norms",)
     metrics = (
         MetricSpec("robust_acc", False, "fraction",
                    "mean over reference defenses of: correct and the attack failed"),
@@ -270,6 +285,12 @@ class AttackTask(Task):
         self, artifact: AttackMethod, data, config: AttackConfig, ctx: Context
     ) -> Evaluation:
         """Attack each reference defense on the fixed test points; verify every x_adv; count passes."""
+        norms = getattr(artifact, "norms", None) or AttackMethod.norms
+        if config.norm not in tuple(norms):
+            raise InvalidArtifact(
+                f"the attack does not attack the {config.norm} threat model (it declares "
+                f"norms {', '.join(map(str, norms))}); nothing was scored"
+            )
         pts = test_points(data, config)
         x, y = pts.x.to(ctx.device), pts.y.to(ctx.device)
         metrics: dict[str, float] = {}
@@ -324,7 +345,7 @@ class AttackTask(Task):
             "reference_defenses": list(config.reference_defenses),
             "reference_training": f"robust-task method with the contexts of cell seed {REFERENCE_SEED}; "
                                   "built-ins trained once per code version and cached by content hash",
-            "threat_model": f"{config.norm} ball of radius {config.eps:g} (pixels in [0, 1]) within [0, 1]",
+            "threat_model": threat_text(config),
             "budget_tolerance": BUDGET_TOL,
             "pass_counting": "images through the model forward / through a backward pass",
         }  # fmt: skip

@@ -2,7 +2,8 @@
 
 Every attack has the signature of an ``attack`` method's protocol,
 ``f(model, x, y, eps, norm, generator=None, ...) -> x_adv``, with ``x`` (N, C, H, W) in
-[0, 1], ``eps`` in that pixel scale and ``norm`` in {"linf", "l2"}. The returned points
+[0, 1], ``eps`` in that pixel scale and ``norm`` in {"linf", "l2"}, or ``norm`` "l0" with
+``eps`` a count k of changed pixels (PGD is then PGD-l0, Croce & Hein 2019). The returned points
 lie in the eps-ball intersected with [0, 1] (the harness verifies this anyway).
 ``model`` must already be in eval mode; the attacks never change it.
 
@@ -19,18 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .threat import (
+    COUNT_NORMS,
     LOSSES,
     ascent_direction,
     check_norm,
+    fooled_fn,
     project,
     project_ball,
     random_start,
+    step_scale,
 )
 
-_SUMMED = {
-    "ce": lambda logits, y: F.cross_entropy(logits, y, reduction="sum"),
-    "cw": lambda logits, y: LOSSES["cw"](logits, y).sum(),
-}
+
+def _summed(loss: str):
+    if loss == "ce":
+        return lambda logits, y: F.cross_entropy(logits, y, reduction="sum")
+    return lambda logits, y: LOSSES[loss](logits, y).sum()
 
 
 def fgsm(
@@ -43,13 +48,14 @@ def fgsm(
 ) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps on the CE loss.
 
-    For l2 the step is eps * g / ||g||_2 (the fast gradient method).
+    For l2 the step is eps * g / ||g||_2 (the fast gradient method); for l0 it is one
+    PGD-l0 step from x (L0_STEP d g / ||g||_1, projected onto k pixels).
     """
     xa = x.detach().clone().requires_grad_(True)
     loss = LOSSES["ce"](model(xa), y).sum()
     (grad,) = torch.autograd.grad(loss, xa)
     with torch.no_grad():
-        return project(x + eps * ascent_direction(grad, norm), x, eps, norm)
+        return project(x + step_scale(eps, norm, x) * ascent_direction(grad, norm), x, eps, norm)
 
 
 def pgd(
@@ -65,14 +71,21 @@ def pgd(
     random_init: bool = True,
     loss: str = "ce",
 ) -> torch.Tensor:
-    """Projected gradient ascent (Madry et al. 2018) on ``loss`` ("ce" or "cw" margin).
+    """Projected gradient ascent (Madry et al. 2018) on ``loss`` ("ce", "cw" margin, "top3", "top5").
 
-    ``step_size`` defaults to 2.5 * eps / steps. Each restart attacks only the points
-    that no earlier restart fooled; a point keeps the first iterate that fooled the
-    model (and is not attacked further), else the last iterate of its last restart.
+    ``step_size`` defaults to 2.5 * eps / steps (linf, l2). With ``norm`` "l0" this is
+    PGD-l0 (Croce & Hein 2019): steps of L0_STEP * d along g / ||g||_1 (d coordinates per
+    image), each followed by the exact projection onto k pixels within the box, from a
+    uniform random point of the box projected the same way. Each restart attacks only
+    the points that no earlier restart fooled; a point keeps the first iterate that
+    fooled the model (with a top-k loss: pushed the label out of the top k) and is not
+    attacked further, else the last iterate of its last restart.
     """
     check_norm(norm)
-    step = 2.5 * eps / steps if step_size is None else step_size
+    if step_size is not None:
+        step = step_size
+    else:
+        step = step_scale(eps, norm, x) if norm in COUNT_NORMS else 2.5 * eps / steps
     out = x.detach().clone()
     todo = torch.arange(len(x), device=x.device)
     for r in range(max(1, restarts)):
@@ -81,14 +94,14 @@ def pgd(
         last = r == max(1, restarts) - 1
         xa, fooled = _pgd_run(
             model, x[todo], y[todo], eps, norm, steps, step, random_init or r > 0,
-            _SUMMED[loss], generator, check_last=not last,
+            _summed(loss), generator, check_last=not last, fooled=fooled_fn(loss),
         )  # fmt: skip
         out[todo] = xa
         todo = todo[~fooled]
     return out
 
 
-def _pgd_run(model, x, y, eps, norm, steps, step, rand, loss_fn, generator, check_last):
+def _pgd_run(model, x, y, eps, norm, steps, step, rand, loss_fn, generator, check_last, fooled):
     """One PGD run; returns (x_adv, fooled).
 
     A point leaves the batch at the first iterate that fools the model (that iterate is
@@ -108,7 +121,7 @@ def _pgd_run(model, x, y, eps, norm, steps, step, rand, loss_fn, generator, chec
         (grad,) = torch.autograd.grad(loss_fn(logits, ys), xa)
         with torch.no_grad():
             xa = xa.detach()
-            wrong = logits.argmax(1) != ys
+            wrong = fooled(logits, ys)
             if bool(wrong.any()):  # one host sync per step buys dropping the fooled points
                 out[act[wrong]] = xa[wrong]
                 found[act[wrong]] = True
@@ -126,8 +139,56 @@ def _pgd_run(model, x, y, eps, norm, steps, step, rand, loss_fn, generator, chec
         if len(act):
             out[act] = xa
             if check_last:
-                found[act] = model(xa).argmax(1) != ys
+                found[act] = fooled(model(xa), ys)
         return out, found
+
+
+def universal_perturbation(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    generator: torch.Generator | None = None,
+    steps: int = 40,
+    step_size: float | None = None,
+) -> torch.Tensor:
+    """One input-agnostic perturbation delta (1, C, H, W) for the points (x, y): ||delta||_p <= eps.
+
+    Projected gradient ascent on a single delta shared by all points (the SGD variant of
+    Moosavi-Dezfooli et al. 2017, as in Shafahi et al. 2020), maximising the summed CW
+    margin loss clipped at 0 so that fooled points stop pulling, on clip(x + delta); the
+    iterate that fooled most points is returned (the latest of equals). For l0 the shared delta changes the same
+    k pixels of every image (steps of L0_STEP * d along g / ||g||_1, then the k largest
+    pixels of delta are kept).
+    """
+    check_norm(norm)
+    if step_size is not None:
+        step = step_size
+    else:
+        step = step_scale(eps, norm, x) if norm in COUNT_NORMS else 2.5 * eps / steps
+    shape = (1, *x.shape[1:])
+    mid = torch.full(shape, 0.5, device=x.device, dtype=x.dtype)  # eps < 0.5: no clipping
+    delta = project_ball(random_start(mid, eps, norm, generator) - 0.5, eps, norm).detach()
+    best, best_fooled = delta.clone(), -1
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        logits = model((x + delta).clamp(0.0, 1.0))
+        loss = LOSSES["cw"](logits, y)
+        (grad,) = torch.autograd.grad(loss.clamp(max=0.0).sum(), delta)
+        with torch.no_grad():
+            fooled = int((loss > 0).sum())
+            if fooled >= best_fooled:  # on ties the later, more converged iterate
+                best, best_fooled = delta.detach().clone(), fooled
+            delta = project_ball(delta + step * ascent_direction(grad, norm), eps, norm)
+    with torch.no_grad():  # the last iterate was never scored: score it too
+        fooled = int((LOSSES["cw"](model((x + delta).clamp(0.0, 1.0)), y) > 0).sum())
+        return delta if fooled > best_fooled else best
+
+
+def apply_universal(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """clip(x + delta) to [0, 1]: clipping only moves coordinates towards x, so budgets hold."""
+    return torch.where(delta == 0, x, (x + delta).clamp(0.0, 1.0))
 
 
 def universal(
@@ -140,27 +201,6 @@ def universal(
     steps: int = 40,
     step_size: float | None = None,
 ) -> torch.Tensor:
-    """One input-agnostic perturbation for the whole batch (universal adversarial perturbation).
-
-    Projected gradient ascent on a single delta shared by all points (the SGD variant of
-    Moosavi-Dezfooli et al. 2017, as in Shafahi et al. 2020), maximising the mean CW
-    margin loss clipped at 0 so that fooled points stop pulling; x_adv = clip(x + delta).
-    """
-    check_norm(norm)
-    step = 2.5 * eps / steps if step_size is None else step_size
-    shape = (1, *x.shape[1:])
-    mid = torch.full(shape, 0.5, device=x.device, dtype=x.dtype)  # eps < 0.5: no clipping
-    delta = project_ball(random_start(mid, eps, norm, generator) - 0.5, eps, norm).detach()
-    best, best_fooled = delta.clone(), -1
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        logits = model((x + delta).clamp(0.0, 1.0))
-        loss = LOSSES["cw"](logits, y)
-        (grad,) = torch.autograd.grad(loss.clamp(max=0.0).sum(), delta)
-        with torch.no_grad():
-            fooled = int((loss > 0).sum())
-            if fooled > best_fooled:
-                best, best_fooled = delta.detach().clone(), fooled
-            delta = project_ball(delta + step * ascent_direction(grad, norm), eps, norm)
-    with torch.no_grad():
-        return (x + best).clamp(0.0, 1.0)
+    """x_adv = clip(x + delta) with one delta for the whole batch (:func:`universal_perturbation` on (x, y))."""
+    delta = universal_perturbation(model, x, y, eps, norm, generator, steps, step_size)
+    return apply_universal(x, delta)

@@ -26,14 +26,17 @@ from torch import nn
 
 from ...api import InvalidArtifact
 from .apgd import apgd, apgd_targeted
+from .attacks import pgd
+from .sparse import sparse_rs
 from .square import square
-from .threat import check_norm, lp_norm
+from .threat import COUNT_NORMS, budget_bound, check_norm, label_rank, lp_norm
 
 #: Absolute slack (pixel scale) on ||x_adv - x||_p <= eps, for float32 rounding only.
+#: The l0 budget is a pixel count and is checked exactly (no slack).
 BUDGET_TOL = 1e-5
 
 Attack = Callable[..., torch.Tensor]  # (model, x, y, eps, norm, generator) -> x_adv
-GRADIENT_FREE = frozenset({"square"})
+GRADIENT_FREE = frozenset({"square", "sparse-rs"})
 
 
 def required_classes(attack: Attack) -> tuple[int, str]:
@@ -58,12 +61,27 @@ def default_ensemble(
     n_targets: int = 9,
     square_queries: int = 5000,
     square_rescale: bool = False,
+    norm: str = "linf",
 ) -> dict[str, Attack]:
     """The harness's standard ensemble: APGD-CE, APGD-T (targeted DLR) and Square (AutoAttack's minus FAB-T).
 
     The defaults are AutoAttack's ``standard`` version; ``square_rescale`` reads Square's
-    p schedule as fractions of ``square_queries`` (for budgets far below 5000).
+    p schedule as fractions of ``square_queries`` (for budgets far below 5000). For
+    ``norm`` "l0" the ensemble is PGD-l0 on cross-entropy (``apgd_steps`` steps) and on
+    the margin, and Sparse-RS with ``square_queries`` queries (the white-box and black-box
+    halves of sparse-AutoAttack's idea, Croce et al. 2022, without sparse APGD).
     """
+    if check_norm(norm) == "patch":  # gradient attacks at random window starts (no patch RS yet)
+        return {
+            "pgd-patch": partial(pgd, steps=apgd_steps, loss="ce", restarts=3),
+            "pgd-patch-cw": partial(pgd, steps=apgd_steps, loss="cw", restarts=3),
+        }
+    if norm == "l0":
+        return {
+            "pgd-l0": partial(pgd, steps=apgd_steps, loss="ce"),
+            "pgd-l0-cw": partial(pgd, steps=apgd_steps, loss="cw"),
+            "sparse-rs": partial(sparse_rs, queries=square_queries),
+        }
     return {
         "apgd-ce": partial(apgd, steps=apgd_steps, loss="ce"),
         "apgd-t": partial(apgd_targeted, steps=apgd_steps, n_targets=n_targets),
@@ -77,7 +95,8 @@ def verify_perturbation(
     """Return ``x_adv`` if it is a valid adversarial input for (eps, norm), else raise InvalidArtifact.
 
     Checks: a tensor of x's shape and dtype, finite, inside [0, 1], and
-    ||x_adv - x||_p <= eps + BUDGET_TOL for every point.
+    ||x_adv - x||_p <= eps + BUDGET_TOL for every point; for l0, at most int(eps) changed
+    pixels, counted exactly (a pixel is all channels at one location; any difference counts).
     """
     if not isinstance(x_adv, torch.Tensor):
         raise InvalidArtifact(f"{who} returned {type(x_adv).__name__}, not a torch.Tensor")
@@ -95,6 +114,17 @@ def verify_perturbation(
         raise InvalidArtifact(f"{who} left the [0, 1] box (values in [{lo:.4g}, {hi:.4g}])")
     dist = lp_norm(x_adv - x, norm)
     worst = float(dist.max()) if len(dist) else 0.0
+    if norm in COUNT_NORMS:
+        k = budget_bound(eps, norm)
+        if worst > k:
+            n_bad = int((dist > k).sum())
+            what = "changed" if norm == "l0" else "changed a square of side"
+            unit = "pixels > k" if norm == "l0" else "pixels > s"
+            raise InvalidArtifact(
+                f"{who} broke the {norm} budget: {what} {worst:.0f} {unit} = {k:.0f} "
+                f"on {n_bad} of {len(dist)} points"
+            )
+        return x_adv
     if worst > eps + BUDGET_TOL:
         n_bad = int((dist > eps + BUDGET_TOL).sum())
         raise InvalidArtifact(
@@ -113,6 +143,13 @@ class RobustResult:
     per_attack: dict[str, np.ndarray]  # correct and this attack failed
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # attack -> why it was not run
+    #: the label's worst 0-based rank over the clean input and every attack's x_adv
+    #: (ties broken as argmax does, so rank 0 is "correct"); robust == (rank == 0)
+    worst_rank: np.ndarray | None = None
+
+    def topk_robust(self, k: int) -> np.ndarray:
+        """Points whose label stayed in the top k logits at every input the ensemble tried."""
+        return self.worst_rank < k
 
     @property
     def clean_accuracy(self) -> float:
@@ -179,12 +216,14 @@ def robust_accuracy(
         if not attacks:
             raise ValueError(f"no attack of the ensemble is defined for {k} classes: {skipped}")
     clean = np.zeros(n, dtype=bool)
+    rank = np.zeros(n, dtype=np.int64)
     per = {k: np.zeros(n, dtype=bool) for k in attacks}
     seconds = dict.fromkeys(attacks, 0.0)
     for i in range(0, n, batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         with torch.no_grad():
-            ok = model(xb).argmax(1) == yb
+            r = label_rank(model(xb), yb)
+        ok = r == 0
         clean[i : i + len(yb)] = ok.cpu().numpy()
         alive = ok.clone()
         for name, attack in attacks.items():
@@ -196,13 +235,16 @@ def robust_accuracy(
                 seconds[name] += time.perf_counter() - start
                 xa = verify_perturbation(xa, xb[idx], eps, norm, who=f"attack {name!r}")
                 with torch.no_grad():
-                    still[idx] = model(xa).argmax(1) == yb[idx]
+                    ra = label_rank(model(xa), yb[idx])
+                still[idx] = ra == 0
+                r[idx] = torch.maximum(r[idx], ra)
             alive &= still
             per[name][i : i + len(yb)] = (still if standalone else alive).cpu().numpy()
+        rank[i : i + len(yb)] = r.cpu().numpy()
     robust = clean.copy()
     for v in per.values():
         robust &= v
-    return RobustResult(clean, robust, per, seconds, skipped)
+    return RobustResult(clean, robust, per, seconds, skipped, rank)
 
 
 def masking_flags(
@@ -211,6 +253,7 @@ def masking_flags(
     large_eps_accuracy: float,
     eps: float,
     square_only_threshold: float = 0.02,
+    norm: str = "linf",
 ) -> list[str]:
     """Signs of gradient masking (Athalye et al. 2018; Carlini et al. 2019), as short flag strings.
 
@@ -220,10 +263,13 @@ def masking_flags(
       is not below the one at ``eps`` (while that is at least 0.05), or rises by more
       than 0.01 between two consecutive eps;
     - ``robust-at-large-eps``: a non-zero robust accuracy at an eps that allows any image.
+
+    For ``norm`` "l0" the first check is not made: random search beats PGD-l0 on
+    undefended models too (Croce et al. 2022), so it says nothing about masking there.
     """
     flags = []
     square_only = result.only_broken_by(GRADIENT_FREE)
-    if len(square_only) and square_only.mean() >= square_only_threshold:
+    if norm != "l0" and len(square_only) and square_only.mean() >= square_only_threshold:
         flags.append("gradient-free-beats-gradient")
     curve = sorted(eps_curve.items())
     at = dict(curve).get(eps)

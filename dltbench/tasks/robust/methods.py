@@ -13,8 +13,12 @@ from .apgd import apgd, apgd_targeted
 from .attack_task import AttackMethod
 from .attacks import fgsm, pgd, universal
 from .defenses import fgsm_at_loss, pgd_at_loss, standard_loss, trades_loss
+from .sparse import sparse_rs
 from .square import square
 from .task import DefenseMethod, RobustConfig
+
+#: Threat models of the gradient attacks that have an l0 form (PGD-l0 steps and projection).
+ALL_NORMS = ("linf", "l2", "l0")
 
 
 class _Trained(DefenseMethod):
@@ -90,9 +94,10 @@ class TRADES(_Trained):
 
 @register_method(task="attack", name="fgsm")
 class FGSM(AttackMethod):
-    """FGSM (Goodfellow et al. 2015): one signed-gradient step of size eps (l2: normalised gradient)."""
+    """FGSM (Goodfellow et al. 2015): one signed-gradient step of size eps (l2: normalised gradient; l0: one PGD-l0 step)."""
 
-    version = "1"
+    version = "2"
+    norms = ALL_NORMS
 
     def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
         """One step on the cross-entropy."""
@@ -101,9 +106,10 @@ class FGSM(AttackMethod):
 
 @register_method(task="attack", name="pgd")
 class PGD(AttackMethod):
-    """PGD (Madry et al. 2018) on cross-entropy: random start, step 2.5 eps / steps, restarts."""
+    """PGD (Madry et al. 2018) on cross-entropy: random start, step 2.5 eps / steps, restarts; on l0, PGD-l0 (Croce & Hein 2019)."""
 
-    version = "1"
+    version = "2"
+    norms = ALL_NORMS
 
     def __init__(self, steps: int = 20, restarts: int = 1):
         self.steps = steps
@@ -116,9 +122,10 @@ class PGD(AttackMethod):
 
 @register_method(task="attack", name="cw")
 class CW(AttackMethod):
-    """PGD on the Carlini-Wagner margin loss max_{j!=y} z_j - z_y (the CW-l2/linf-style PGD)."""
+    """PGD on the Carlini-Wagner margin loss max_{j!=y} z_j - z_y (the CW-l2/linf-style PGD; PGD-l0 on l0)."""
 
-    version = "1"
+    version = "2"
+    norms = ALL_NORMS
 
     def __init__(self, steps: int = 50, restarts: int = 1):
         self.steps = steps
@@ -183,7 +190,8 @@ class Square(AttackMethod):
 class Universal(AttackMethod):
     """Universal perturbation: one delta for the whole batch, by projected gradient ascent."""
 
-    version = "1"
+    version = "2"
+    norms = ALL_NORMS
 
     def __init__(self, steps: int = 40):
         self.steps = steps
@@ -191,3 +199,21 @@ class Universal(AttackMethod):
     def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
         """A single input-agnostic perturbation for all points of the batch."""
         return universal(model, x, y, eps, norm, generator, steps=self.steps)
+
+
+@register_method(task="attack", name="sparse-rs")
+class SparseRS(AttackMethod):
+    """Sparse-RS (Croce et al. 2022): random search over k corner-coloured pixels, l0 only."""
+
+    version = "1"
+    norms = ("l0",)
+
+    def __init__(self, queries: int = 500, alpha_init: float = 0.3):
+        self.queries = queries
+        self.alpha_init = alpha_init
+
+    def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
+        """Random search on the margin loss, at most ``queries`` forward passes per point."""
+        return sparse_rs(
+            model, x, y, eps, norm, generator, queries=self.queries, alpha_init=self.alpha_init
+        )

@@ -88,7 +88,7 @@ def square(
 
     ``p_init`` 0.8 and ``rescale`` False are AutoAttack's ``standard`` settings, for both norms.
     """
-    check_norm(norm)
+    check_norm(norm, ("linf", "l2"), who="Square")
     n, c, h, w = x.shape
     if norm == "linf":
         best = (x + eps * _signs((n, c, 1, w), x, generator)).clamp(0.0, 1.0)

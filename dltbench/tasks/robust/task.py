@@ -16,7 +16,8 @@ from ... import data as datasets
 from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
 from ...models import accuracy, check_classifier
 from ...registry import register_task
-from .attacks import pgd
+from .apgd import apgd
+from .attacks import apply_universal, pgd, universal_perturbation
 from .evaluate import (
     BUDGET_TOL,
     default_ensemble,
@@ -25,11 +26,16 @@ from .evaluate import (
     robust_accuracy,
     verify_perturbation,
 )  # fmt: skip
+from .threat import label_rank
 
 #: The harness's standard ensemble, in the order it runs (see :func:`default_ensemble`).
 ENSEMBLE: tuple[str, ...] = ("apgd-ce", "apgd-t", "square")
+#: The ensemble of the l0 threat model (eps = k changed pixels).
+ENSEMBLE_L0: tuple[str, ...] = ("pgd-l0", "pgd-l0-cw", "sparse-rs")
 #: Robust accuracy is also measured by PGD at these multiples of eps (the eps curve).
 EPS_MULTIPLES: tuple[float, ...] = (0.5, 1.0, 2.0)
+#: Top-k robust accuracy is reported for these k (k = 1 is ``robust_acc`` before counter-evidence).
+TOP_K: tuple[int, ...] = (1, 3, 5)
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,9 @@ class RobustConfig:
 
     dataset: str
     norm: str
-    eps: float  # the threat model: defenses train for it, the leaderboard ranks at it
+    # the threat model: defenses train for it, the leaderboard ranks at it; for l0 a
+    # count k of changed pixels (a pixel: all channels at one location)
+    eps: float
     epochs: int  # training budget, in passes over the training split
     at_steps: int  # inner PGD steps per minibatch a defense may use (a budget hint)
     n_test: int  # the first n_test test points are attacked (the split is pre-shuffled)
@@ -54,21 +62,32 @@ class RobustConfig:
     pgd_steps: int  # PGD steps for the eps curve and the large-eps sanity check
     large_eps: float  # an eps at which any image can be reached: robust accuracy must be 0
     batch_size: int  # points attacked at once
+    uap_points: int = 200  # held-out (training-split) points the universal perturbation is fit on
+    uap_steps: int = 40  # its projected gradient steps
+    topk_steps: int = 100  # steps of the attack on the top-k margin (k = 3, 5)
 
 
 _GRID = {
-    "quick": dict(dataset="digits", threats=(("linf", 0.1), ("l2", 0.5)), epochs=15, at_steps=3,
+    # l0 2: 2 of the 64 pixels of an 8x8 digit (3%, as 24 of MNIST's 784)
+    "quick": dict(dataset="digits", threats=(("linf", 0.1), ("l2", 0.5), ("l0", 2)), epochs=15, at_steps=3,
                   n_test=200, apgd_steps=25, apgd_targets=3, square_queries=300, square_rescale=True,
                   pgd_steps=10, batch_size=500),
     # MNIST: l_inf 0.3 and l_2 2.0 (Madry et al. 2018; Croce & Hein 2020)
-    "standard": dict(dataset="mnist", threats=(("linf", 0.3), ("l2", 2.0)), epochs=20, at_steps=40,
+    # l0 24: 24 of 784 pixels (3%), our choice
+    "standard": dict(dataset="mnist", threats=(("linf", 0.3), ("l2", 2.0), ("l0", 24)), epochs=20, at_steps=40,
                      n_test=1000, apgd_steps=100, apgd_targets=9, square_queries=5000,
                      square_rescale=False, pgd_steps=100, batch_size=500),
     # RobustBench's CIFAR-10 threat models on its first 10000 test points (the whole test set)
-    "paper": dict(dataset="cifar10", threats=(("linf", 8 / 255), ("l2", 0.5)), epochs=100,
+    # l0 24 of 1024 pixels, our choice
+    "paper": dict(dataset="cifar10", threats=(("linf", 8 / 255), ("l2", 0.5), ("l0", 24)), epochs=100,
                   at_steps=10, n_test=10_000, apgd_steps=100, apgd_targets=9,
                   square_queries=5000, square_rescale=False, pgd_steps=100, batch_size=500),
 }  # fmt: skip
+
+
+#: Universal-perturbation steps: in quick, 20 steps of 2.5 eps / 20 (each is a round trip
+#: to the plugin's model, the cost that matters on digits).
+_UAP_STEPS = {"quick": 20, "standard": 40, "paper": 40}
 
 
 def robust_configs(profile: str) -> list[RobustConfig]:
@@ -77,16 +96,27 @@ def robust_configs(profile: str) -> list[RobustConfig]:
     threats = p.pop("threats")
     side = {"digits": 8, "mnist": 28, "cifar10": 32}[p["dataset"]]
     channels = 3 if p["dataset"] == "cifar10" else 1
-    # linf 1 and the l2 diameter of the box both reach every image
-    large = {"linf": 1.0, "l2": float(np.sqrt(channels * side * side))}
-    return [RobustConfig(norm=n, eps=e, large_eps=large[n], **p) for n, e in threats]
+    # linf 1, the l2 diameter of the box and l0 = every pixel all reach every image
+    large = {"linf": 1.0, "l2": float(np.sqrt(channels * side * side)), "l0": float(side * side)}
+    return [
+        RobustConfig(
+            norm=n,
+            eps=float(e),
+            large_eps=large[n],
+            uap_points=p["n_test"],
+            uap_steps=_UAP_STEPS[profile],
+            topk_steps=p["pgd_steps"],
+            **p,
+        )  # fmt: skip
+        for n, e in threats
+    ]
 
 
 def smoke_config(config: RobustConfig) -> RobustConfig:
     """A seconds-long version: one epoch, few points, few attack steps."""
     return dataclasses.replace(
         config, epochs=1, at_steps=2, n_test=20, apgd_steps=5, apgd_targets=2, square_queries=20,
-        pgd_steps=3,
+        pgd_steps=3, uap_points=20, uap_steps=3, topk_steps=3,
     )  # fmt: skip
 
 
@@ -122,10 +152,17 @@ def test_points(data, config: RobustConfig):
 
 
 def ensemble_for(config: RobustConfig) -> dict:
-    """The standard ensemble at the config's attack budgets."""
+    """The standard ensemble of the config's threat model at its attack budgets."""
     return default_ensemble(
-        config.apgd_steps, config.apgd_targets, config.square_queries, config.square_rescale
-    )
+        config.apgd_steps, config.apgd_targets, config.square_queries, config.square_rescale,
+        config.norm,
+    )  # fmt: skip
+
+
+def eps_at(config: RobustConfig, multiple: float) -> float:
+    """``multiple`` x eps, rounded to a whole pixel count (at least 1) for l0."""
+    e = multiple * config.eps
+    return float(max(1, round(e))) if config.norm == "l0" else e
 
 
 @register_task
@@ -133,7 +170,7 @@ class RobustTask(Task):
     """Defenses: clean and robust accuracy under an AutoAttack-style ensemble (per-sample worst case)."""
 
     name = "robust"
-    version = "2"
+    version = "3"
     description = "robust accuracy of defenses under an attack ensemble at (norm, eps)"
     method_type = DefenseMethod
     protocol = "train"
@@ -141,9 +178,17 @@ class RobustTask(Task):
     setting_keys = ("dataset", "norm", "eps")
     metrics = (
         MetricSpec("robust_acc", True, "fraction",
-                   "correct and every ensemble attack failed (lowest known, with attack-task evidence)"),
+                   "correct and every attack failed (lowest known, with attack-task evidence)"),
         MetricSpec("clean_acc", True, "fraction", "accuracy on the attacked test points"),
-        *(MetricSpec(f"acc_{a}", True, "fraction", f"robust accuracy under {a} alone") for a in ENSEMBLE),
+        *(MetricSpec(f"acc_{a}", True, "fraction", f"robust accuracy under {a} alone")
+          for a in ENSEMBLE + ENSEMBLE_L0),
+        *(MetricSpec(f"robust_top{k}_acc", True, "fraction",
+                     f"label stays in the top {k} logits under every attack tried (ensemble"
+                     + (")" if k == 1 else f" and APGD/PGD on the top-{k} margin)"))
+          for k in TOP_K),
+        MetricSpec("uap_fooling_rate", False, "fraction",
+                   "test points whose prediction a universal perturbation (fit on training points) changes"),
+        MetricSpec("uap_acc", True, "fraction", "test accuracy under that universal perturbation"),
         *(MetricSpec(f"pgd_acc@{m:g}eps", True, "fraction", f"PGD robust accuracy at {m:g} x eps")
           for m in EPS_MULTIPLES),
         MetricSpec("large_eps_acc", False, "fraction",
@@ -201,22 +246,37 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
     )
     seconds = time.perf_counter() - start
     ctx.progress("eps curve", 0, 1)
+    ctx.progress("top-k", 0, 1)
+    rank = topk_ranks(model, x, y, res.worst_rank, config, gen)
+    topk = {k: float((rank < k).mean()) if len(rank) else float("nan") for k in TOP_K}
+    # a top-k attack that misclassifies a point is evidence against it too: robust means
+    # rank 0 at every input tried, so top-1 robust accuracy is robust accuracy exactly
+    robust = rank == 0
+    ctx.progress("universal", 0, 1)
+    uap = universal_scores(model, data, x, y, config, gen)
+    ctx.progress("eps curve", 0, 1)
     curve = {}
     run_pgd = partial(pgd, steps=config.pgd_steps)
     for m in EPS_MULTIPLES:
         r = robust_accuracy(
-            model, x, y, m * config.eps, config.norm, {"pgd": run_pgd}, gen, config.batch_size
+            model, x, y, eps_at(config, m), config.norm, {"pgd": run_pgd}, gen, config.batch_size
         )
-        curve[m * config.eps] = r.robust_accuracy
+        curve[eps_at(config, m)] = r.robust_accuracy
+    # l0 with every pixel allowed is the whole box, the linf ball of radius 1: checked
+    # there with linf PGD, whose sign steps reach the box's corners fastest
+    big_norm, big_eps = ("linf", 1.0) if config.norm == "l0" else (config.norm, config.large_eps)
     large = robust_accuracy(
-        model, x, y, config.large_eps, config.norm, {"pgd": run_pgd}, gen, config.batch_size
+        model, x, y, big_eps, big_norm, {"pgd": run_pgd}, gen, config.batch_size
     )
-    flags = masking_flags(res, curve, large.robust_accuracy, config.eps)
+    flags = masking_flags(res, curve, large.robust_accuracy, config.eps, norm=config.norm)
     metrics = {
-        "robust_acc": res.robust_accuracy,
+        "robust_acc": topk[1],
         "clean_acc": res.clean_accuracy,
         **{f"acc_{k}": v for k, v in res.attack_accuracy.items()},
-        **{f"pgd_acc@{m:g}eps": curve[m * config.eps] for m in EPS_MULTIPLES},
+        **{f"robust_top{k}_acc": v for k, v in topk.items()},
+        "uap_fooling_rate": uap["fooling_rate"],
+        "uap_acc": uap["accuracy"],
+        **{f"pgd_acc@{m:g}eps": curve[eps_at(config, m)] for m in EPS_MULTIPLES},
         "large_eps_acc": large.robust_accuracy,
         "masking_flags": float(len(flags)),
         "full_test_clean_acc": accuracy(model, data.test, ctx.device),
@@ -228,30 +288,131 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
         "eps_curve": {"eps": list(curve), "pgd_acc": list(curve.values())},
         "per_point": {
             "clean_correct": res.clean_correct.astype(int).tolist(),
-            "robust": res.robust.astype(int).tolist(),
+            "robust": robust.astype(int).tolist(),
             **{k: v.astype(int).tolist() for k, v in res.per_attack.items()},
+            "worst_label_rank": rank.astype(int).tolist(),
         },
+        "universal_perturbation": uap["delta"],
         "attack_seconds": res.seconds,
     }
     estimator = {
         "test_points": len(y), "test_selection": f"first {config.n_test} points of the fixed test split",
-        "threat_model": f"{config.norm} ball of radius {config.eps:g} (pixels in [0, 1]) within [0, 1]",
-        "ensemble": {
-            "apgd-ce": {"steps": config.apgd_steps, "loss": "ce", "restarts": 1},
-            "apgd-t": {"steps": config.apgd_steps, "loss": "targeted dlr", "targets": config.apgd_targets},
-            "square": {"queries": config.square_queries, "loss": "margin", "p_init": 0.8,
-                       "schedule": "halvings after iterations 10, 50, 200, ..., 8000"
-                                   + (" of 10000, rescaled to the budget" if config.square_rescale
-                                      else " (AutoAttack standard, not rescaled)")},
-        },
+        "threat_model": threat_text(config),
+        "ensemble": ensemble_text(config),
+        "top_k": f"k in {list(TOP_K)}: a point counts at top-k if its label's rank (ties broken as "
+                 "argmax does) stays below k at the clean input, every ensemble x_adv and, for "
+                 f"k > 1, an attack on the top-k margin ({topk_attack_text(config)}); top-1 is "
+                 "robust_acc (before attack-task evidence)",
+        "universal": f"one delta for all test points, fit on the first {config.uap_points} points "
+                     f"of the training split (never the test split) by projected gradient ascent, "
+                     f"{config.uap_steps} steps, on the clipped margin; fooling rate = P(f(x+delta) "
+                     "!= f(x)) over the test points (Moosavi-Dezfooli et al. 2017), accuracy = "
+                     "P(f(x+delta) = y)",
         "skipped_attacks": res.skipped,
-        "robust_definition": "per-sample worst case: correct and every ensemble attack failed",
-        "eps_curve": f"PGD, {config.pgd_steps} steps, step 2.5 eps / steps, random start",
-        "large_eps": config.large_eps, "budget_tolerance": BUDGET_TOL,
-        "masking_checks": "gradient-free-only successes >= 2% of points; PGD accuracy not falling "
-                          "from eps to 2 eps or rising; PGD accuracy > 0 at large_eps",
+        "robust_definition": "per-sample worst case: correct and every ensemble attack and every "
+                             "top-k attack failed to misclassify (label rank 0 at every input tried)",
+        "eps_curve": f"PGD, {config.pgd_steps} steps, "
+                     + ("PGD-l0 step, k rounded to whole pixels" if config.norm == "l0"
+                        else "step 2.5 eps / steps") + ", random start",
+        "large_eps": config.large_eps if config.norm != "l0" else
+                     f"{config.large_eps:g} pixels = the whole box, checked as linf 1",
+        "budget_tolerance": BUDGET_TOL if config.norm != "l0" else "none: pixels counted exactly",
+        "masking_checks": ("" if config.norm == "l0" else
+                           "gradient-free-only successes >= 2% of points; ")
+                          + "PGD accuracy not falling from eps to 2 eps or rising; "
+                          "PGD accuracy > 0 at large_eps",
     }  # fmt: skip
     return Evaluation(metrics, curves, estimator)
+
+
+def threat_text(config: RobustConfig) -> str:
+    """The threat model in words, for an estimator record."""
+    if config.norm == "l0":
+        return (f"at most {int(config.eps)} changed pixels (a pixel: all channels at one location; "
+                "any difference counts, checked exactly), within [0, 1]")  # fmt: skip
+    return f"{config.norm} ball of radius {config.eps:g} (pixels in [0, 1]) within [0, 1]"
+
+
+def ensemble_text(config: RobustConfig) -> dict:
+    """The ensemble's attacks and budgets, for an estimator record."""
+    if config.norm == "l0":
+        return {
+            "pgd-l0": {"steps": config.apgd_steps, "loss": "ce", "step": "0.15 d g / ||g||_1",
+                       "start": "uniform in the box, projected onto k pixels"},
+            "pgd-l0-cw": {"steps": config.apgd_steps, "loss": "margin"},
+            "sparse-rs": {"queries": config.square_queries, "loss": "margin", "alpha_init": 0.3,
+                          "schedule": "l0 schedule of fra31/sparse-rs, rescaled to the budget"},
+        }  # fmt: skip
+    return {
+        "apgd-ce": {"steps": config.apgd_steps, "loss": "ce", "restarts": 1},
+        "apgd-t": {"steps": config.apgd_steps, "loss": "targeted dlr", "targets": config.apgd_targets},
+        "square": {"queries": config.square_queries, "loss": "margin", "p_init": 0.8,
+                   "schedule": "halvings after iterations 10, 50, 200, ..., 8000"
+                               + (" of 10000, rescaled to the budget" if config.square_rescale
+                                  else " (AutoAttack standard, not rescaled)")},
+    }  # fmt: skip
+
+
+def topk_attack_text(config: RobustConfig) -> str:
+    """Which attack pushes the label out of the top k, for an estimator record."""
+    if config.norm == "l0":
+        return f"PGD-l0, {config.topk_steps} steps, loss (k-th largest other logit) - z_y"
+    return f"APGD, {config.topk_steps} steps, loss (k-th largest other logit) - z_y"
+
+
+def topk_ranks(model, x, y, ranks: np.ndarray, config: RobustConfig, gen) -> np.ndarray:
+    """The label's worst rank per point after attacks on the top-k margin for each k > 1 of TOP_K.
+
+    A point is attacked for k only while its worst rank so far is below k (else it is
+    already out of the top k); ranks only grow, so top-k robustness is monotone in k.
+    """
+    rank = torch.as_tensor(ranks, device=x.device).clone()
+    for k in TOP_K:
+        if k == 1:
+            continue
+        for s in range(0, len(y), config.batch_size):
+            b = torch.arange(s, min(len(y), s + config.batch_size), device=x.device)
+            b = b[rank[b] < k]
+            if not len(b):
+                continue
+            if config.norm == "l0":
+                xa = pgd(
+                    model,
+                    x[b],
+                    y[b],
+                    config.eps,
+                    "l0",
+                    gen,
+                    steps=config.apgd_steps,
+                    loss=f"top{k}",
+                )
+            else:
+                xa = apgd(model, x[b], y[b], config.eps, config.norm, gen, steps=config.apgd_steps,
+                          loss=f"top{k}")  # fmt: skip
+            xa = verify_perturbation(xa, x[b], config.eps, config.norm, who=f"top-{k} attack")
+            with torch.no_grad():
+                rank[b] = torch.maximum(rank[b], label_rank(model(xa), y[b]))
+    return rank.cpu().numpy()
+
+
+def universal_scores(model, data, x, y, config: RobustConfig, gen) -> dict:
+    """Fit one perturbation on held-out training points, apply it to the test points (x, y).
+
+    Returns the fooling rate P(f(x + delta) != f(x)), the accuracy P(f(x + delta) = y)
+    and delta as a nested list (so that it can be replayed on other models).
+    """
+    held = data.train.subset(slice(0, config.uap_points))
+    xh, yh = held.x.to(x.device), held.y.to(x.device)
+    delta = universal_perturbation(model, xh, yh, config.eps, config.norm, gen, config.uap_steps)
+    xa = verify_perturbation(apply_universal(x, delta), x, config.eps, config.norm, "the UAP")
+    with torch.no_grad():
+        before, after = model(x).argmax(1), model(xa).argmax(1)
+    n = max(1, len(y))
+    return {
+        "fooling_rate": float((before != after).sum()) / n if len(y) else float("nan"),
+        "accuracy": float((after == y).sum()) / n if len(y) else float("nan"),
+        "delta": delta.detach().cpu().flatten().tolist(),
+    }
 
 
 __all__ = ["DefenseMethod", "RobustConfig", "RobustTask", "check_model", "verify_perturbation"]
