@@ -375,8 +375,8 @@ def score(
         "reference": {"split": config.reference, "size": len(fref)},
         "feature_net": {"name": fnet.ident, "sha256": fnet.sha256, "transform": fnet.transform,
                         "dim": int(fx.shape[1])},
-        "fid": "Frechet distance, float64, covariances ddof 1, tr sqrt via eigh of "
-               "sqrt(S1) S2 sqrt(S1)",
+        "fid": "Frechet distance, float64, covariances ddof 1, tr sqrt(S1 S2) from eigvalsh "
+               "of L^T S2 L, S1 = L L^T (Cholesky; eigh of sqrt(S1) if S1, S2 are singular)",
         "fid_train_vs_reference": floor,
         "fid_inf": {"sizes": sizes.tolist(), "fit": "least squares FID_n = a + b/n, report a",
                     "subsets": "random, without replacement, of the N samples"},
