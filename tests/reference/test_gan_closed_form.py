@@ -169,6 +169,16 @@ def test_kid_subset_size_is_clipped_to_the_smaller_set():
     assert math.isfinite(mean) and std >= 0
 
 
+def test_kid_of_whole_equal_size_sets_is_one_evaluation_equal_to_the_subset_mean():
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(60, 4)), rng.normal(size=(60, 4)) + 0.2
+    mean, std = M.kid(x, y, np.random.default_rng(0), subsets=7, subset_size=1000)
+    # The long way: every "subset" is a permutation of the whole set.
+    perm = np.random.default_rng(1)
+    vals = [M.polynomial_mmd2(x[perm.permutation(60)], y[perm.permutation(60)]) for _ in range(7)]
+    assert mean == pytest.approx(np.mean(vals), rel=1e-12) and std == 0.0
+
+
 # --------------------------------------------------------------------------- precision / recall
 
 
