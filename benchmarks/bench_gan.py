@@ -32,7 +32,7 @@ class TrackGan:
 
 
 class TimeFrechet:
-    """Frechet distance of two 512-d statistics (float64, eigh-based)."""
+    """Frechet distance of two 512-d statistics (float64, Cholesky-based)."""
 
     timeout = 120
 

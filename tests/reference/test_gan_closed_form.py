@@ -48,6 +48,32 @@ def test_two_by_two_non_commuting_trace_formula():
         assert M.trace_sqrt_product(s1, s2) == pytest.approx(expected, rel=1e-10)
 
 
+def test_singular_covariances_take_the_other_factor_or_the_eigh_path():
+    rng = np.random.default_rng(11)
+    a = np.diag([2.0, 0.0])  # PSD, singular: no Cholesky factor
+    for _ in range(5):
+        s2 = _spd(2, rng)  # closed form with det S1 = 0: tr sqrt(S1 S2) = sqrt(tr S1 S2)
+        expected = math.sqrt(np.trace(a @ s2))
+        assert M.trace_sqrt_product(a, s2) == pytest.approx(expected, rel=1e-10)
+        assert M.trace_sqrt_product(s2, a) == pytest.approx(expected, rel=1e-10)
+    # Fewer samples than dimensions on both sides: neither covariance is definite.
+    x, y = rng.normal(size=(20, 32)), rng.normal(size=(25, 32)) + 0.3
+    (_, s1), (_, s2) = M.feature_statistics(x), M.feature_statistics(y)
+    r = M._psd_sqrt(s1)
+    w = np.linalg.eigvalsh(r @ s2 @ r)
+    expected = np.sqrt(np.clip(w, 0, None)).sum()
+    assert M.trace_sqrt_product(s1, s2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_cholesky_form_equals_the_symmetric_square_root_form():
+    rng = np.random.default_rng(12)
+    for d in (3, 40, 200):
+        s1, s2 = _spd(d, rng), _spd(d, rng)
+        r = M._psd_sqrt(s1)
+        expected = np.sqrt(np.linalg.eigvalsh(r @ s2 @ r).clip(0)).sum()
+        assert M.trace_sqrt_product(s1, s2) == pytest.approx(expected, rel=1e-11)
+
+
 def test_equal_covariances_leave_the_mean_difference():
     rng = np.random.default_rng(2)
     s = _spd(6, rng)
@@ -141,6 +167,16 @@ def test_kid_subset_size_is_clipped_to_the_smaller_set():
     x, y = rng.normal(size=(50, 3)), rng.normal(size=(80, 3))
     mean, std = M.kid(x, y, np.random.default_rng(0), subsets=3, subset_size=1000)
     assert math.isfinite(mean) and std >= 0
+
+
+def test_kid_of_whole_equal_size_sets_is_one_evaluation_equal_to_the_subset_mean():
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(60, 4)), rng.normal(size=(60, 4)) + 0.2
+    mean, std = M.kid(x, y, np.random.default_rng(0), subsets=7, subset_size=1000)
+    # The long way: every "subset" is a permutation of the whole set.
+    perm = np.random.default_rng(1)
+    vals = [M.polynomial_mmd2(x[perm.permutation(60)], y[perm.permutation(60)]) for _ in range(7)]
+    assert mean == pytest.approx(np.mean(vals), rel=1e-12) and std == 0.0
 
 
 # --------------------------------------------------------------------------- precision / recall

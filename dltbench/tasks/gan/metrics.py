@@ -9,8 +9,9 @@ Conventions (the peers' where they agree; see docs/tasks/gan.md):
 
 * Frechet distance: covariances with ddof 1 (``np.cov``, as pytorch-fid, torch-fidelity
   and clean-fid), computed in float64; tr sqrt(S1 S2) from the eigenvalues of the
-  symmetric matrix sqrt(S1) S2 sqrt(S1) (same spectrum as S1 S2), never ``sqrtm`` of the
-  non-symmetric product.
+  symmetric matrix L^T S2 L with S1 = L L^T (Cholesky; same spectrum as S1 S2), or of
+  sqrt(S1) S2 sqrt(S1) when neither covariance is positive definite; never ``sqrtm`` of
+  the non-symmetric product.
 * KID: unbiased MMD^2 with the kernel (x.y/d + 1)^3 on ``subsets`` random subsets of
   size m = min(n_x, n_y, subset_size) drawn without replacement, x's subset first (the
   order of torch-fidelity, so the same ``np.random.RandomState`` gives its subsets);
@@ -25,7 +26,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.linalg
 import torch
+from scipy.linalg.blas import dtrmm as trmm
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -59,12 +62,32 @@ def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
-    """tr sqrt(S1 S2) for symmetric PSD S1, S2, via eigvalsh of sqrt(S1) S2 sqrt(S1)."""
-    r = _psd_sqrt(np.asarray(s1, dtype=np.float64))
-    m = r @ np.asarray(s2, dtype=np.float64) @ r
-    w = np.linalg.eigvalsh((m + m.T) / 2)
+def _sum_sqrt_eigvals(m: np.ndarray) -> float:
+    w = scipy.linalg.eigvalsh((m + m.T) / 2, check_finite=False)
     return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+
+
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """tr sqrt(S1 S2) for symmetric PSD S1, S2, from the eigenvalues of L^T S2 L.
+
+    With the Cholesky factor S1 = L L^T, L^T S2 L = L^-1 (S1 S2) L is similar to S1 S2
+    and symmetric PSD, so its eigenvalues (no eigenvectors needed) are those of S1 S2:
+    one Cholesky, two triangular products and one ``eigvalsh``, exact in exact arithmetic.
+    When neither matrix is positive definite (fewer samples than dimensions) it falls back
+    to the eigenvalues of sqrt(S1) S2 sqrt(S1), with sqrt(S1) from ``eigh``.
+    """
+    s1, s2 = np.asarray(s1, dtype=np.float64), np.asarray(s2, dtype=np.float64)
+    for a, b in ((s1, s2), (s2, s1)):
+        try:
+            lower = scipy.linalg.cholesky(a, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            continue
+        if not np.isfinite(lower).all():
+            continue
+        b_l = trmm(1.0, lower, b, side=1, lower=1)  # B L
+        return _sum_sqrt_eigvals(trmm(1.0, lower, b_l, side=0, lower=1, trans_a=1))  # L^T B L
+    r = _psd_sqrt(s1)
+    return _sum_sqrt_eigvals(r @ s2 @ r)
 
 
 def frechet_distance(
@@ -72,8 +95,9 @@ def frechet_distance(
 ) -> float:
     """Squared Frechet (W2) distance between N(mu1, S1) and N(mu2, S2), in feature units^2.
 
-    ||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2), in float64, by a symmetric
-    eigendecomposition (exact for PSD matrices, no complex parts to discard).
+    ||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2), in float64, from the eigenvalues
+    of a symmetric matrix similar to S1 S2 (:func:`trace_sqrt_product`; exact for PSD
+    matrices, no complex parts to discard).
     """
     mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
     s1, s2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
@@ -139,10 +163,16 @@ def kid(
 
     Subset size m = min(len(x), len(y), subset_size) (clean-fid's rule; torch-fidelity
     requires subset_size <= both sizes, which then gives the same m); each subset is
-    drawn without replacement, x's first. std has ddof 0 (torch-fidelity's).
+    drawn without replacement, x's first. std has ddof 0 (torch-fidelity's). When both
+    sets have exactly m points every subset is the whole set: one evaluation, std 0, and
+    ``rng`` is not drawn from.
     """
     a, b = _np64(x), _np64(y)
     m = min(len(a), len(b), int(subset_size))
+    if m == len(a) == len(b):
+        # Every subset is a permutation of the whole sets, and the estimator is permutation
+        # invariant: all subsets give this one value (std 0), so compute it once.
+        return polynomial_mmd2(a, b), 0.0
     vals = np.empty(int(subsets))
     for i in range(int(subsets)):
         xs = a[rng.choice(len(a), m, replace=False)]
