@@ -98,6 +98,53 @@ def test_jacobian_contraction_and_ntk_vector_products_agree():
     sym = ntk_jacobian(f, params, x, memory=4000)
     torch.testing.assert_close(sym, ntk_vector_products(f, params, x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sym, empirical_ntk(f, params, x, impl="auto"))
+    # the per-sample autograd loop (no torch.func) gives the vmap(jacrev) numbers
+    torch.testing.assert_close(a, ntk_jacobian(f, params, x, x[:4], memory=4000, loop=True))
+    torch.testing.assert_close(sym, empirical_ntk(f, params, x, impl="jacobian-loop"))
+    # x2's whole Jacobian kept, x1 chunked (room for 6 rows: 4 of x2, chunks of 2 of x1)
+    six_rows = 6 * 3 * sum(p.numel() for p in params) * 8
+    torch.testing.assert_close(a, ntk_jacobian(f, params, x, x[:4], memory=six_rows))
+    torch.testing.assert_close(sym, ntk_jacobian(f, params, x, memory=7 * six_rows // 6))
+
+
+def test_k1_auto_loop_matches_vmap_and_needs_no_torch_func():
+    """The task's path (auto-loop, K = 1) computes the vmap(jacrev) kernel without importing
+    torch._dynamo (checked in a fresh interpreter)."""
+    import functools
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, math, torch\n"
+        "from dltbench.tasks.ntk.family import WidthFamily\n"
+        "from dltbench.tasks.ntk.methods import CnnGap, ReluNTK2\n"
+        "from dltbench.tasks.ntk.task import IOSpec\n"
+        "from dltbench.api import Context\n"
+        "x = torch.randn(6, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))\n"
+        "out = []\n"
+        "for m in (ReluNTK2(), CnnGap()):\n"
+        "    fam = WidthFamily({8: m.build(8, IOSpec((1, 4, 4), 1), Context(0, torch.device('cpu')))})\n"
+        "    out.append(fam.ntk(8, fam.init_params(8), x, x[:3]))\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "torch.save(out, sys.argv[1])\n"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/k.pt"
+        subprocess.run([sys.executable, "-c", code, path], check=True)
+        loop = torch.load(path)
+    from dltbench.api import Context
+    from dltbench.tasks.ntk.family import WidthFamily
+    from dltbench.tasks.ntk.methods import CnnGap, ReluNTK2
+    from dltbench.tasks.ntk.task import IOSpec
+
+    x = torch.randn(6, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for m, k in zip((ReluNTK2(), CnnGap()), loop, strict=True):
+        fam = WidthFamily({8: m.build(8, IOSpec((1, 4, 4), 1), Context(0, torch.device("cpu")))})
+        params = fam.split(8, fam.init_params(8))
+        ref = ntk_jacobian(functools.partial(fam._call, 8), params, x, x[:3])
+        torch.testing.assert_close(k, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_flow_predictor_returns_f0_at_time_zero_and_kernel_regression_at_infinity():

@@ -83,11 +83,12 @@ class _Const(nn.Module):
         (lambda x: torch.zeros(len(x)), "shape"),
         (lambda x: torch.zeros(len(x), 8), "all-zero"),
         (lambda x: torch.randn(len(x), 8), "not deterministic"),
+        (lambda x: torch.ones(len(x), 16), r"embeddings of shape \(8, 8\), got \(8, 16\)"),
     ],
 )
 def test_bad_embedders_are_invalid(fn, message, small):
     with pytest.raises(InvalidArtifact, match=message):
-        check_embedder(_Const(fn), small.test_x[:8], CPU)
+        check_embedder(_Const(fn), small.test_x[:8], CPU, 8)
 
 
 def test_an_attack_that_leaves_its_budget_is_caught():

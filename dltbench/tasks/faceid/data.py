@@ -16,6 +16,7 @@ shift), an illumination gradient with gain, an occluding patch and pixel noise.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from ...api import DataMissing
 
 #: Folds of the verification protocol (LFW View 2).
 N_FOLDS = 10
+#: Pairs in LFW View 2's ``pairs.txt`` (10 folds of 300 matched and 300 mismatched).
+LFW_PAIRS = 6000
 #: The seed of the synthetic test identities, pairs and nuisance. A .json file of the
 #: package: the sandbox hides it from plugin processes (as it hides scikit-learn's data
 #: files), so a plugin cannot call :func:`make_synthetic` to regenerate the test pairs.
@@ -302,8 +305,10 @@ def load_lfw(data_dir: Path | None, min_train_images: int = 2, resize: float = 0
     from sklearn.datasets import fetch_lfw_pairs, fetch_lfw_people
 
     listed = read_pairs_txt(home / "pairs.txt")
-    if len(listed) != 6000:
-        raise DataMissing(f"{home / 'pairs.txt'} has {len(listed)} pairs, LFW View 2 has 6000")
+    if len(listed) != LFW_PAIRS:
+        raise DataMissing(
+            f"{home / 'pairs.txt'} has {len(listed)} pairs, LFW View 2 has {LFW_PAIRS}"
+        )
     in_pairs = {n for a, _, b, _ in listed for n in (a, b)}
     kw = dict(data_home=str(data_dir), funneled=True, resize=resize, download_if_missing=False)
     try:
@@ -394,13 +399,57 @@ SMALL_SPEC = SyntheticSpec(train_identities=60, train_images=8, test_identities=
                            test_images=6, pairs_per_fold=20)  # fmt: skip
 
 
+def synthetic_cache_path(spec: SyntheticSpec) -> Path:
+    """Where :func:`cached_synthetic` keeps ``spec``'s dataset: under ``$DLTBENCH_CACHE_DIR``
+    (else ``~/.cache/dltbench``), named by a hash of this file's code, the spec and the test seed."""
+    import hashlib
+    import json
+
+    root = os.environ.get("DLTBENCH_CACHE_DIR")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dltbench"
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(json.dumps(vars(spec), sort_keys=True).encode())
+    h.update(str(synthetic_test_seed() if spec.test_seed is None else spec.test_seed).encode())
+    return Path(root) / "faceid-data" / f"synthetic-{h.hexdigest()[:24]}.pt"
+
+
+def cached_synthetic(spec: SyntheticSpec) -> FaceData:
+    """:func:`make_synthetic`, generated once and then read from a file keyed by the code and
+    the spec (every cell of a run, and later runs of the same code, share it)."""
+    import contextlib
+
+    path = synthetic_cache_path(spec)
+    if path.exists():
+        with contextlib.suppress(Exception):  # a damaged file is regenerated
+            d = torch.load(path, weights_only=True)
+            return FaceData(
+                name=d["name"], train_x=d["train_x"], train_y=d["train_y"],
+                train_ids=tuple(d["train_ids"]), test_x=d["test_x"], test_ids=tuple(d["test_ids"]),
+                pairs=Pairs(*(d["pairs"][k].numpy() for k in ("i", "j", "same", "fold"))),
+                info=d["info"],
+            )  # fmt: skip
+    data = make_synthetic(spec)
+    with contextlib.suppress(OSError):  # a read-only or full cache costs time, not correctness
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        p = data.pairs
+        torch.save({"name": data.name, "train_x": data.train_x, "train_y": data.train_y,
+                    "train_ids": list(data.train_ids), "test_x": data.test_x,
+                    "test_ids": list(data.test_ids), "info": data.info,
+                    "pairs": {k: torch.from_numpy(getattr(p, k)) for k in ("i", "j", "same", "fold")}},
+                   tmp)  # fmt: skip
+        tmp.replace(path)
+    return data
+
+
 def load(name: str, data_dir: Path | None) -> FaceData:
-    """A dataset by name: ``synthetic``, ``synthetic-small`` (embedded), ``lfw`` or
-    ``casia-lfw`` (from --data-dir)."""
+    """A dataset by name: ``synthetic``, ``synthetic-small`` (embedded, generated once per
+    code version and cached), ``lfw`` or ``casia-lfw`` (from --data-dir)."""
     if name == "synthetic":
-        return make_synthetic(SyntheticSpec())
+        return cached_synthetic(SyntheticSpec())
     if name == "synthetic-small":
-        return make_synthetic(SMALL_SPEC)
+        return cached_synthetic(SMALL_SPEC)
     if name == "lfw":
         return load_lfw(data_dir)
     if name == "casia-lfw":

@@ -34,9 +34,15 @@ class SmallFaceCNN(nn.Module):
 
 
 def backbone(shape: tuple[int, ...], dim: int, arch: str = "small-cnn") -> nn.Module:
-    """The shared embedding network for images of ``shape`` (C, H, W)."""
+    """The shared embedding network for images of ``shape`` (C, H, W).
+
+    ``small-cnn`` is :class:`SmallFaceCNN` of width 32, ``small-cnn-<w>`` of width w;
+    any other name is a timm model.
+    """
     if arch == "small-cnn":
         return SmallFaceCNN(shape[0], dim)
+    if arch.startswith("small-cnn-") and arch.removeprefix("small-cnn-").isdigit():
+        return SmallFaceCNN(shape[0], dim, int(arch.removeprefix("small-cnn-")))
     try:
         import timm
     except ImportError as exc:

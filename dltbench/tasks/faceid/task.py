@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
+from ...models import check_classifier, logits_check
 from ...registry import register_task
 from . import data as faceid_data
 from .attacks import attack_pairs, eyeglass_mask
@@ -28,7 +29,6 @@ NC_METRICS: tuple[str, ...] = (
     "nc1", "nc2_equinorm", "nc2_equiangular", "nc2_max_angle", "nc2_w_equinorm",
     "nc2_w_equiangular", "nc3_self_duality", "nc4_ncc_mismatch", "ncc_train_acc",
 )  # fmt: skip
-MAX_DIM = 4096
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class FaceIDConfig:
     """
 
     dataset: str  # synthetic | lfw | casia-lfw
-    arch: str  # the shared backbone the built-ins train (small-cnn or a timm name)
+    arch: str  # the shared backbone the built-ins train (small-cnn[-width] or a timm name)
     embedding_dim: int
     epochs: int  # training budget, in passes over the training images
     batch_size: int
@@ -52,7 +52,7 @@ class FaceIDConfig:
 
 
 _PROFILES = {
-    "quick": dict(dataset="synthetic", arch="small-cnn", embedding_dim=64, epochs=8,
+    "quick": dict(dataset="synthetic", arch="small-cnn-16", embedding_dim=64, epochs=5,
                   batch_size=128, attack_pairs=100, attack_steps=5, linf_eps=0.01, l2_eps=0.25,
                   nc_images_per_identity=12),
     "standard": dict(dataset="lfw", arch="small-cnn", embedding_dim=128, epochs=30,
@@ -69,7 +69,9 @@ class FaceIDMethod(Method):
 
     @abstractmethod
     def train(self, data: faceid_data.TrainView, config: FaceIDConfig, ctx: Context) -> nn.Module:
-        """Return an nn.Module mapping images (N, C, H, W) in [0, 1] to embeddings (N, d).
+        """Return an nn.Module mapping images (N, C, H, W) in [0, 1] to embeddings (N, d),
+        d = ``config.embedding_dim`` (one width for every method, so that methods differ
+        by what they learn, not by the embedding's size).
 
         ``data`` holds the training identities' images ``x`` and labels ``y`` (0..C-1)
         only: no test image, no test identity, no pair. The harness L2-normalises the
@@ -80,65 +82,45 @@ class FaceIDMethod(Method):
         """
 
 
-def embedding_check(state: dict):
-    """A per-answer check: a float (N, d) tensor for a batch of N, d fixed by the first answer."""
+def embedding_check(dim: int):
+    """A per-answer check: a finite float (N, dim) tensor for a batch of N
+    (``classifier_weight()`` answers are checked by :func:`classifier_rows`)."""
+    rows = logits_check(dim)
 
     def check(method: str, args: tuple, out: object) -> None:
         if method == "classifier_weight":
             return
-        n = len(args[0]) if args and isinstance(args[0], torch.Tensor) else None
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise InvalidArtifact(
-                f"the model must return embeddings of shape ({n}, d), got {shape}"
-            )
-        d = state.setdefault("dim", int(out.shape[1]))
-        if out.shape[1] != d or not 1 <= d <= MAX_DIM:
-            raise InvalidArtifact(
-                f"embedding width {out.shape[1]} (first answer {d}; at most {MAX_DIM})"
-            )
-        if not out.is_floating_point() or not torch.isfinite(out).all():
-            raise InvalidArtifact("the model returned non-finite embeddings (NaN or inf)")
+        try:
+            rows(method, args, out)
+        except InvalidArtifact as exc:
+            raise InvalidArtifact(_as_embeddings(exc)) from exc
 
     return check
 
 
-def check_embedder(artifact, probe: torch.Tensor, device: torch.device) -> tuple[nn.Module, int]:
-    """Install the per-answer checks and ask a first batch; returns (model, embedding dim)."""
+def _as_embeddings(exc: InvalidArtifact) -> str:
+    """The shared classifier check's message, worded for embeddings."""
+    return str(exc).replace("logits", "embeddings")
+
+
+def check_embedder(artifact, probe: torch.Tensor, device: torch.device, dim: int) -> nn.Module:
+    """The shared model checks of :func:`dltbench.models.check_classifier` with (N, dim)
+    embeddings in place of logits, then: deterministic in eval mode, not all zero."""
     from ...oracle import RemoteModule
 
-    state: dict = {}
-    check = embedding_check(state)
-    if isinstance(artifact, RemoteModule):
-        if not getattr(artifact, "is_module", True):
-            raise InvalidArtifact(
-                f"train() must return a torch.nn.Module, got {artifact.type_name or 'something else'}"
-            )
-        artifact._check = check
-        model = artifact.to(device)
-    elif isinstance(artifact, nn.Module):
-        model = artifact.to(device).eval()
-    else:
-        raise InvalidArtifact(
-            f"train() must return a torch.nn.Module, got {type(artifact).__name__}"
-        )
     try:
-        with torch.no_grad():
-            out = model(probe.to(device))
-    except InvalidArtifact:
-        raise
-    except Exception as exc:
-        raise InvalidArtifact(
-            f"the model failed on a batch of shape {tuple(probe.shape)}: {exc}"
-        ) from exc
-    check("forward", (probe,), out)
+        model, out = check_classifier(artifact, probe, dim, device)
+    except InvalidArtifact as exc:
+        raise InvalidArtifact(_as_embeddings(exc)) from exc
+    if isinstance(artifact, RemoteModule):
+        artifact._check = embedding_check(dim)  # lets classifier_weight() through
     with torch.no_grad():
         again = model(probe.to(device))
     if not torch.equal(out.cpu(), again.cpu()):
         raise InvalidArtifact("the model's eval-mode forward is not deterministic")
     if float(F.normalize(out, dim=1).norm(dim=1).min()) < 0.5:
         raise InvalidArtifact("the model returned all-zero embeddings (cosine undefined)")
-    return model, state["dim"]
+    return model
 
 
 def classifier_rows(artifact, num_classes: int, dim: int) -> np.ndarray | None:
@@ -187,7 +169,7 @@ class FaceIDTask(Task):
     """Open-set face verification: 10-fold LFW-protocol accuracy of cosine scores on unseen identities."""
 
     name = "faceid"
-    version = "1"
+    version = "2"
     description = (
         "face verification on held-out identities (LFW 10-fold), neural collapse, attacks"
     )
@@ -289,7 +271,8 @@ def evaluate_embedder(artifact, data, config: FaceIDConfig, ctx: Context) -> Eva
     """The whole evaluator (see :class:`FaceIDTask`); raises InvalidArtifact on a bad model."""
     start = time.perf_counter()
     dev = ctx.device
-    model, dim = check_embedder(artifact, data.test_x[:16], dev)
+    dim = config.embedding_dim
+    model = check_embedder(artifact, data.test_x[:16], dev, dim)
     pairs = data.pairs
     used = np.unique(np.r_[pairs.i, pairs.j])
     ctx.progress("embed test", 0, 1)

@@ -72,11 +72,14 @@ class WidthFamily:
     def ntk(
         self, width: int, theta: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Empirical NTK (N1*K, N2*K) at ``theta`` by :func:`empirical_ntk` (auto impl)."""
+        """Empirical NTK (N1*K, N2*K) at ``theta`` by :func:`empirical_ntk` (``auto-loop``:
+        a worker process lives for one cell, and torch.func's first use would cost it more,
+        importing torch._dynamo, than its vectorisation saves at these sizes)."""
         return empirical_ntk(
             lambda ps, x: self._call(width, ps, x),
             self.split(width, theta),
             x1,
             x2,
+            impl="auto-loop",
             memory=self.memory,
         )

@@ -60,6 +60,28 @@ def _jacobian(f: Model, params: Params, x: torch.Tensor) -> list[torch.Tensor]:
     return [j.reshape(len(x) * k, -1) for j in jac]
 
 
+def _jacobian_loop(f: Model, params: Params, x: torch.Tensor) -> list[torch.Tensor]:
+    """:func:`_jacobian` by one plain reverse pass per sample (its K outputs batched), without
+    torch.func: the first torch.func transform imports torch._dynamo (~1.4 CPU s), which
+    costs a short-lived process more than the loop does at quick-profile sizes."""
+    ps = [p.detach().requires_grad_(True) for p in params]
+    rows: list[list[torch.Tensor]] = [[] for _ in ps]
+    with torch.enable_grad():
+        for i in range(len(x)):
+            out = f(tuple(ps), x[i : i + 1])[0]
+            k = out.shape[0]
+            if k == 1:
+                grads = torch.autograd.grad(out[0], ps, allow_unused=True)
+            else:
+                eye = torch.eye(k, dtype=out.dtype, device=out.device)
+                grads = torch.autograd.grad(out, ps, eye, is_grads_batched=True, allow_unused=True)
+            for r, g, p in zip(rows, grads, ps, strict=True):
+                r.append(
+                    torch.zeros(k, p.numel(), dtype=p.dtype) if g is None else g.reshape(k, -1)
+                )
+    return [torch.cat(r) for r in rows]
+
+
 def _contract(j1: list[torch.Tensor], j2: list[torch.Tensor]) -> torch.Tensor:
     out = j1[0] @ j2[0].T
     for a, b in zip(j1[1:], j2[1:], strict=True):
@@ -83,29 +105,41 @@ def ntk_jacobian(
     x1: torch.Tensor,
     x2: torch.Tensor | None = None,
     memory: int = DEFAULT_MEMORY,
+    loop: bool = False,
 ) -> torch.Tensor:
     """Empirical NTK (N1*K, N2*K) by Jacobian contraction, chunked over points.
 
+    Per-sample Jacobians by ``vmap(jacrev)``, or (``loop=True``) by a plain autograd pass
+    per sample (:func:`_jacobian_loop`: no torch.func import; same numbers).
+
     ``x2=None`` means ``x1`` (the symmetric case: each chunk's Jacobian is reused and only
     the upper block triangle is contracted). Memory stays within about ``memory`` bytes of
-    Jacobians; chunks that do not fit together are recomputed (the recomputation costs
-    ~1/(chunk*K) of the contraction).
+    Jacobians: all of x2's rows are kept when they fit with at least one row of x1, else
+    both are chunked and chunks that do not fit together are recomputed (the
+    recomputation costs ~1/(chunk*K) of the contraction).
     """
     params = _as_params(params)
+    jacobian = _jacobian_loop if loop else _jacobian
     sym = x2 is None
     x2 = x1 if sym else x2
     k = _n_out(f, params, x1)
     p = sum(t.numel() for t in params)
     ref = params[0]
-    rows = _rows(max(len(x1), len(x2)), k, p, ref.element_size(), memory)
+    row_bytes = k * p * ref.element_size()
+    rows = rows1 = _rows(max(len(x1), len(x2)), k, p, ref.element_size(), memory)
+    if sym and len(x1) * row_bytes <= memory:
+        rows = rows1 = len(x1)  # one Jacobian, contracted with itself
+    elif not sym and rows < len(x2) and (len(x2) + 1) * row_bytes <= memory:
+        # x2's whole Jacobian fits with room for some x1 rows: keep it, chunk x1 only
+        rows, rows1 = len(x2), min(len(x1), (memory - len(x2) * row_bytes) // row_bytes)
     out = torch.empty(len(x1) * k, len(x2) * k, dtype=ref.dtype, device=ref.device)
-    chunks1 = [(i, min(i + rows, len(x1))) for i in range(0, len(x1), rows)]
+    chunks1 = [(i, min(i + rows1, len(x1))) for i in range(0, len(x1), rows1)]
     chunks2 = [(j, min(j + rows, len(x2))) for j in range(0, len(x2), rows)]
     cache2 = None
     if len(chunks2) == 1 and not (sym and len(chunks1) == 1):
-        cache2 = _jacobian(f, params, x2)
+        cache2 = jacobian(f, params, x2)
     for a, b in chunks1:
-        j1 = _jacobian(f, params, x1[a:b])
+        j1 = jacobian(f, params, x1[a:b])
         for c, d in chunks2:
             if sym and c < a:
                 continue
@@ -114,7 +148,7 @@ def ntk_jacobian(
             elif cache2 is not None:
                 j2 = cache2
             else:
-                j2 = _jacobian(f, params, x2[c:d])
+                j2 = jacobian(f, params, x2[c:d])
             block = _contract(j1, j2)
             out[a * k : b * k, c * k : d * k] = block
             if sym and c > a:
@@ -165,20 +199,24 @@ def empirical_ntk(
 ) -> torch.Tensor:
     """Empirical NTK (N1*K, N2*K) of ``f(params, x)`` at ``params`` (a tensor or a tuple).
 
-    ``impl``: jacobian, ntvp or auto. auto picks by flop count: the contraction costs
+    ``impl``: jacobian, jacobian-loop (per-sample autograd instead of vmap(jacrev); no
+    torch.func), ntvp, auto or auto-loop. auto picks by flop count: the contraction costs
     ~N1*N2*K^2*P, the NTK-vector products ~3*N2*K*(N1+N2)*P, so products win only for
-    many outputs.
+    many outputs; auto-loop is auto with jacobian-loop in place of jacobian.
     """
-    if impl == "auto":
+    if impl in ("auto", "auto-loop"):
         params = _as_params(params)
         n1, n2 = len(x1), len(x1 if x2 is None else x2)
         k = _n_out(f, params, x1)
-        impl = "ntvp" if n1 * n2 * k * k > 3 * n2 * k * (n1 + n2) else "jacobian"
-    if impl == "jacobian":
-        return ntk_jacobian(f, params, x1, x2, memory)
+        contraction = "jacobian-loop" if impl == "auto-loop" else "jacobian"
+        impl = "ntvp" if n1 * n2 * k * k > 3 * n2 * k * (n1 + n2) else contraction
+    if impl in ("jacobian", "jacobian-loop"):
+        return ntk_jacobian(f, params, x1, x2, memory, loop=impl == "jacobian-loop")
     if impl == "ntvp":
         return ntk_vector_products(f, params, x1, x2, memory)
-    raise ValueError(f"unknown NTK implementation {impl!r}; use jacobian, ntvp or auto")
+    raise ValueError(
+        f"unknown NTK implementation {impl!r}; use jacobian, jacobian-loop, ntvp, auto or auto-loop"
+    )
 
 
 # --------------------------------------------------------------------------- analytic
@@ -255,19 +293,31 @@ def cntk_gap(
         return cols.transpose(1, 2).numpy()  # (N, positions, C*k*k)
 
     p1, p2 = patches(x1), patches(x2)
-    fan = p1.shape[2]
+    n1, npos1, fan = p1.shape
+    n2, npos2, _ = p2.shape
     w2 = sigma_w**2
     s11 = w2 * np.einsum("apc,apc->ap", p1, p1) / fan
     s22 = w2 * np.einsum("bqc,bqc->bq", p2, p2) / fan
-    nngp = np.empty((len(p1), len(p2)))
-    ntk = np.empty((len(p1), len(p2)))
-    # a few rows at a time: the (rows, N2, P, P) temporaries stay small
-    rows = max(1, 2**22 // max(1, len(p2) * p1.shape[1] * p2.shape[1]))
-    for a in range(0, len(p1), rows):
-        s12 = w2 * np.einsum("apc,bqc->abpq", p1[a : a + rows], p2) / fan
-        e, ed = _relu_expectations(s11[a : a + rows, None, :, None], s22[None, :, None, :], s12)
-        nngp[a : a + rows] = w2 * e.mean(axis=(2, 3))
-        ntk[a : a + rows] = nngp[a : a + rows] + w2 * (s12 * ed).mean(axis=(2, 3))
+    flat2 = p2.reshape(n2 * npos2, fan).T * (w2 / fan)
+    nngp = np.empty((n1, n2))
+    ntk = np.empty((n1, n2))
+    # The arc-cosine expectations in closed form without sin(arccos):
+    # E[relu(u) relu(v)] = (sqrt(s11 s22 - s12^2) + (pi - gamma) s12) / (2 pi) and
+    # E[relu'(u) relu'(v)] = (pi - gamma) / (2 pi), gamma = arccos(s12 / sqrt(s11 s22)).
+    # A few rows at a time (one GEMM each): the (rows, P, N2, Q) temporaries stay small.
+    rows = max(1, 2**22 // max(1, n2 * npos1 * npos2))
+    for a in range(0, n1, rows):
+        b = min(a + rows, n1)
+        s12 = (p1[a:b].reshape(-1, fan) @ flat2).reshape(b - a, npos1, n2, npos2)
+        n11 = s11[a:b, :, None, None] * s22[None, None, :, :]
+        n11 = np.sqrt(n11, out=n11)  # sqrt(s11 s22)
+        cos = np.clip(s12 / np.maximum(n11, 1e-300), -1.0, 1.0)
+        angle = np.pi - np.arccos(cos, out=cos)  # pi - gamma
+        sine = np.sqrt(np.maximum(n11 * n11 - s12 * s12, 0.0, out=n11), out=n11)
+        t = np.multiply(angle, s12, out=angle)
+        t_mean = t.mean(axis=(1, 3)) / (2 * np.pi)
+        nngp[a:b] = w2 * (sine.mean(axis=(1, 3)) / (2 * np.pi) + t_mean)
+        ntk[a:b] = nngp[a:b] + w2 * t_mean
     return nngp, ntk
 
 
