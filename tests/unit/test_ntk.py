@@ -211,3 +211,31 @@ def test_width_4096_mlp_on_1000_points_stays_within_4_gib():
     assert p == 64 * 4096 + 4096 and p * 1000 * 8 > 2 * budget  # the full Jacobian does not fit
     assert peak < 4 * 2**30, peak
     assert peak - base < 1.25 * (1.5 * budget + 1000 * 1000 * 8), (base, peak)
+
+
+class _KinkedProbe:
+    """f(theta, x) = x @ theta, except that its first two finite differences (one direction,
+    both steps) straddle a kink and come out wrong, as a ReLU unit at 0 would make them."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def apply(self, theta, x):
+        self.calls += 1
+        out = x @ theta.reshape(-1, 1)
+        return out + (1.0 if self.calls <= 4 and self.calls % 2 else 0.0)
+
+
+def test_a_kink_in_one_direction_does_not_fail_an_honest_gradient():
+    from dltbench.tasks.ntk.task import _fd_check
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    theta = torch.randn(3, dtype=torch.float64)
+    u = torch.randn(5, 1, dtype=torch.float64)
+    probe = _KinkedProbe()
+    rel, _, _ = _fd_check(probe, theta, x, u, (x.T @ u).reshape(-1), gen)
+    assert probe.calls == 6 and rel < 1e-6  # the second direction confirms the gradient
+    lying = (x.T @ u).reshape(-1) * 1.01
+    rel, _, _ = _fd_check(_KinkedProbe(), theta, x, u, lying, gen)
+    assert rel > 1e-4  # a wrong gradient fails every direction
