@@ -161,6 +161,18 @@ class Task(ABC):
         """A tiny version of ``config`` for ``dltbench validate`` and tests."""
         return config
 
+    def applicable(self, method: Any, config: Any) -> bool:
+        """Whether ``method`` (its registered class) is planned on ``config`` at all.
+
+        By default a method that declares the threat models it defines (``norms``, e.g. an
+        l0-only attack) is not planned on a setting of another ``norm``: such a cell could
+        only end ``invalid``. A plugin method, known to the harness by its stub, is planned
+        everywhere and says so itself.
+        """
+        norms = getattr(method, "norms", None)
+        norm = getattr(config, "norm", None)
+        return not isinstance(norms, tuple | list) or norm is None or norm in norms
+
     #: Config fields that count the scored test points, in the order they are looked for.
     test_size_fields: ClassVar[tuple[str, ...]] = ("max_test_points", "n_test")
 

@@ -439,10 +439,13 @@ def _run_planned(args, task, methods, seeds, jobs, timeout, memory, executor) ->
     for cfg in dict.fromkeys(c.config for c in cells):
         task.check_data(cfg, args.data_dir)
     todo, kept = pending_cells(task, cells, opts)
-    n_settings = len(cells) // (len(methods) * len(seeds))
+    n_settings = len(dict.fromkeys(c.config for c in cells))
+    shape = f"{plural(len(methods), 'method')} x {plural(n_settings, 'setting')}"
+    if len(cells) != len(methods) * n_settings * len(seeds):
+        shape = f"{shape} where the method applies"
     err.print(
-        f"{task.name}: {plural(len(cells), 'cell')} ({plural(len(methods), 'method')} x "
-        f"{plural(n_settings, 'setting')} x {plural(len(seeds), 'seed')}) on {device}"
+        f"{task.name}: {plural(len(cells), 'cell')} ({shape} x "
+        f"{plural(len(seeds), 'seed')}) on {device}"
         + (f" ({executor.where()})" if executor else "")
         + f", {len(kept)} already recorded"
         + (" (resume; --force reruns them)" if kept else "")

@@ -123,13 +123,18 @@ def plan(
 
     ``smoke`` and ``limit`` (at most that many test points) are recorded under their own
     profile name (``quick-smoke``, ``quick-limit50``), so they never mix into real rows.
+    A method is left out of the settings it does not apply to (:meth:`Task.applicable`).
     """
     configs = task.configs(profile)
     if smoke:
         configs, profile = [task.smoke(c) for c in configs], f"{profile}-smoke"
     if limit is not None:
         configs, profile = [task.limit(c, limit) for c in configs], f"{profile}-limit{limit}"
-    return [Cell(task.name, m, profile, cfg, s) for cfg in configs for m in methods for s in seeds]
+    return [
+        Cell(task.name, m, profile, cfg, s)
+        for cfg in configs for m in methods for s in seeds
+        if task.applicable(registry.get_method_class(task.name, m), cfg)
+    ]  # fmt: skip
 
 
 def identity(task: Task, cell: Cell) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 import dltbench
 from dltbench import leaderboard, registry
 from dltbench.api import Result, stable_hash
-from dltbench.runner import parse_duration
+from dltbench.runner import parse_duration, plan
 from dltbench.store import append_result, read_results
 from dltbench.tasks.certified import CertifiedMethod, CertifiedTask
 
@@ -212,3 +212,13 @@ def test_limit_caps_test_points_and_labels_the_profile():
     registry.discover("sampler")
     with pytest.raises(ValueError, match="no test points"):
         plan(registry.get_task("sampler"), ["rwm"], "quick", [0], limit=7)
+
+
+def test_a_method_is_not_planned_on_a_threat_model_it_does_not_define():
+    registry.discover("attack")
+    task = registry.get_task("attack")
+    cells = plan(task, ["sparse-rs", "apgd-ce", "pgd"], "quick", [0])
+    pairs = {(c.method, c.config.norm) for c in cells}
+    assert ("sparse-rs", "l0") in pairs and ("apgd-ce", "linf") in pairs
+    assert ("sparse-rs", "linf") not in pairs and ("apgd-ce", "l0") not in pairs
+    assert {n for m, n in pairs if m == "pgd"} == {"linf", "l2", "l0"}  # declares all three
