@@ -59,7 +59,8 @@ def test_zygote_worker_killed_ends_and_reports(zygote):
     spawned = zygote.spawn(1, None)
     worker = PluginProcess.adopt(spawned)
     zygote.kill(spawned.wid)
-    with pytest.raises(Exception, match="signal 9"):
+    # SIGKILL, or SIGTERM when the kill arrives before the worker's parent set its handler
+    with pytest.raises(Exception, match="killed by signal"):
         worker.request("describe", {"task": "vae"})
 
 
