@@ -92,13 +92,14 @@ def _first_answer(plugin: PluginProcess) -> None:
 
 def test_worker_start_fresh_vs_zygote(benchmark):
     """Seconds until a plugin process has loaded its method: a fresh sandboxed interpreter vs a
-    worker forked from the run's zygote (whose own start, once per run, is not counted)."""
+    worker forked from the run's zygote, which has imported the task package as in a run (its
+    own start, once per run, is not counted)."""
     from dltbench.sandbox import Zygote, bwrap_version
 
     if bwrap_version() is None:
         pytest.skip("the zygote needs bubblewrap")
     try:
-        zygote = Zygote(plugin_files=(str(PLUGIN),))
+        zygote = Zygote(plugin_files=(str(PLUGIN),), packages=("dltbench.tasks.certified",))
     except RuntimeError as exc:
         pytest.skip(f"no zygote here: {exc}")
     try:
