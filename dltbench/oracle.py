@@ -119,60 +119,73 @@ class MethodGenerator:
 # --------------------------------------------------------------------------- codec
 
 
+#: torch dtype -> (numpy name, numpy dtype) of what a tensor is sent as.
+_TORCH_WIRE = {getattr(torch, n): (n, np.dtype(t)) for n, t in _DTYPES.items()}
+_NP_DTYPES = {n: np.dtype(t) for n, t in _DTYPES.items()}
+# One encoder, made once: json.dumps with non-default arguments builds a new one per call,
+# and the sampler's oracle sends tens of thousands of small messages per cell.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, check_circular=False)
+
+
+def _enc(o: Any, buffers: list) -> Any:
+    if isinstance(o, torch.Tensor):
+        t = o.detach()
+        wire = _TORCH_WIRE.get(t.dtype)
+        if wire is None:  # bfloat16, complex and the like go as float32 or are refused
+            t = t.float() if t.dtype == torch.bfloat16 else t
+            a = t.cpu().contiguous().numpy()
+            if a.dtype.name not in _DTYPES:
+                raise TypeError(f"tensor dtype {t.dtype} cannot cross the plugin boundary")
+            name = a.dtype.name
+        else:
+            a, name = t.cpu().contiguous().numpy(), wire[0]
+        buffers.append(memoryview(a).cast("B") if a.size else b"")
+        return {"__t__": len(buffers) - 1, "dtype": name, "shape": list(a.shape)}
+    if isinstance(o, (bool, str)) or o is None:
+        return o
+    if isinstance(o, list):
+        return [_enc(v, buffers) for v in o]
+    if isinstance(o, (int, np.integer)):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        f = float(o)
+        return f if math.isfinite(f) else {"__f__": repr(f)}
+    if isinstance(o, tuple):
+        return {"__tuple__": [_enc(v, buffers) for v in o]}
+    if isinstance(o, dict):
+        if not all(isinstance(k, str) for k in o):
+            raise TypeError("only dicts with string keys cross the plugin boundary")
+        if any(k.startswith("__") for k in o):
+            raise TypeError("dict keys starting with '__' are reserved by the protocol")
+        return {k: _enc(v, buffers) for k, v in o.items()}
+    if isinstance(o, np.ndarray):
+        a = np.asarray(o, order="C")  # not ascontiguousarray: it turns a 0-d array into 1-d
+        if a.dtype.name not in _DTYPES:
+            raise TypeError(f"array dtype {a.dtype} cannot cross the plugin boundary")
+        buffers.append(a.tobytes())
+        return {"__a__": len(buffers) - 1, "dtype": a.dtype.name, "shape": list(a.shape)}
+    if isinstance(o, torch.distributions.Independent):
+        return {"__dist__": "Independent", "base": _enc(o.base_dist, buffers),
+                "ndims": int(o.reinterpreted_batch_ndims)}  # fmt: skip
+    if isinstance(o, torch.distributions.Distribution):
+        name = type(o).__name__
+        if name not in _DISTRIBUTIONS or type(o) is not _DISTRIBUTIONS[name][0]:
+            raise TypeError(
+                f"distribution {name} cannot cross the plugin boundary; use one of "
+                f"{', '.join(sorted(_DISTRIBUTIONS))} (optionally in Independent)"
+            )
+        return {"__dist__": name,
+                "params": {p: _enc(getattr(o, p), buffers) for p in _DISTRIBUTIONS[name][1]}}  # fmt: skip
+    if isinstance(o, Ref):
+        return {"__ref__": o.oid, "kind": o.kind, "attributes": _enc(o.attributes, buffers)}
+    raise TypeError(f"a {type(o).__name__} cannot cross the plugin boundary")
+
+
 def encode(obj: Any) -> bytes:
     """Plain data (and tensors) as one frame: 4-byte header length, JSON header, raw buffers."""
-    buffers: list[bytes] = []
-
-    def enc(o: Any) -> Any:
-        if isinstance(o, torch.Tensor):
-            t = o.detach()
-            if t.dtype == torch.bfloat16:
-                t = t.float()
-            a = t.cpu().contiguous().numpy()
-            buffers.append(a.tobytes())
-            return {"__t__": len(buffers) - 1, "dtype": a.dtype.name, "shape": list(a.shape)}
-        if isinstance(o, np.ndarray):
-            a = np.ascontiguousarray(o)
-            if a.dtype.name not in _DTYPES:
-                raise TypeError(f"array dtype {a.dtype} cannot cross the plugin boundary")
-            buffers.append(a.tobytes())
-            return {"__a__": len(buffers) - 1, "dtype": a.dtype.name, "shape": list(a.shape)}
-        if isinstance(o, torch.distributions.Independent):
-            return {"__dist__": "Independent", "base": enc(o.base_dist),
-                    "ndims": int(o.reinterpreted_batch_ndims)}  # fmt: skip
-        if isinstance(o, torch.distributions.Distribution):
-            name = type(o).__name__
-            if name not in _DISTRIBUTIONS or type(o) is not _DISTRIBUTIONS[name][0]:
-                raise TypeError(
-                    f"distribution {name} cannot cross the plugin boundary; use one of "
-                    f"{', '.join(sorted(_DISTRIBUTIONS))} (optionally in Independent)"
-                )
-            return {"__dist__": name,
-                    "params": {p: enc(getattr(o, p)) for p in _DISTRIBUTIONS[name][1]}}  # fmt: skip
-        if isinstance(o, Ref):
-            return {"__ref__": o.oid, "kind": o.kind, "attributes": enc(o.attributes)}
-        if isinstance(o, bool) or o is None or isinstance(o, str):
-            return o
-        if isinstance(o, (int, np.integer)):
-            return int(o)
-        if isinstance(o, (float, np.floating)):
-            f = float(o)
-            return f if math.isfinite(f) else {"__f__": repr(f)}
-        if isinstance(o, tuple):
-            return {"__tuple__": [enc(v) for v in o]}
-        if isinstance(o, list):
-            return [enc(v) for v in o]
-        if isinstance(o, dict):
-            if not all(isinstance(k, str) for k in o):
-                raise TypeError("only dicts with string keys cross the plugin boundary")
-            if any(k.startswith("__") for k in o):
-                raise TypeError("dict keys starting with '__' are reserved by the protocol")
-            return {k: enc(v) for k, v in o.items()}
-        raise TypeError(f"a {type(o).__name__} cannot cross the plugin boundary")
-
-    header = json.dumps(
-        {"v": enc(obj), "sizes": [len(b) for b in buffers]}, separators=(",", ":")
-    ).encode()
+    buffers: list = []
+    v = _enc(obj, buffers)
+    header = _JSON.encode({"v": v, "sizes": [len(b) for b in buffers]}).encode()
     return b"".join([struct.pack("<I", len(header)), header, *buffers])
 
 
@@ -205,7 +218,7 @@ def decode(frame: bytes | memoryview, refs: bool = False) -> Any:
             raise ProtocolError(f"bad array descriptor {d!r}")
         if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
             raise ProtocolError(f"bad array shape {shape!r}")
-        np_dtype = np.dtype(_DTYPES[dtype])
+        np_dtype = _NP_DTYPES[dtype]
         if math.prod(shape) * np_dtype.itemsize != sizes[i]:
             raise ProtocolError("array size does not match its shape")
         return np.frombuffer(frame, np_dtype, math.prod(shape), starts[i]).reshape(shape).copy()

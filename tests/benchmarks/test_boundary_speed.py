@@ -3,7 +3,9 @@ same model behind the oracle in a sandboxed plugin process, in one run, as a rat
 
 from __future__ import annotations
 
+import pickle
 import time
+import timeit
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from dltbench import data as datasets
 from dltbench import registry
 from dltbench.models import MLP
+from dltbench.oracle import decode, encode
 from dltbench.runner import cell_contexts
 from dltbench.sandbox import PluginProcess
 from dltbench.tasks.certified import certify_batch
@@ -82,6 +85,30 @@ def test_boundary_cost_of_small_calls(models, benchmark):
         f"\n1000 small calls: local {t_local:.3f}s remote {t_remote:.3f}s "
         f"({1e3 * t_remote:.0f} us per round trip)"
     )
+
+
+def test_codec_vs_pickle_on_a_sampler_message(benchmark):
+    """The plain-data codec (what a plugin's messages must use) against pickle (which the harness
+    never unpickles from a plugin) on a sampler-sized request and reply, encode plus decode."""
+    x, lp = torch.randn(16, 10, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    msgs = (["req", "call", 1, "log_prob_and_grad", [x], {}, False], ["rep", [lp, x]])
+
+    def codec():
+        for _ in range(1000):
+            for m in msgs:
+                decode(encode(m))
+
+    def pickled():
+        for _ in range(1000):
+            for m in msgs:
+                pickle.loads(pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL))
+
+    t_pickle = min(timeit.repeat(pickled, number=1, repeat=3))
+    benchmark.pedantic(codec, rounds=3, iterations=1)
+    t_codec = benchmark.stats.stats.min
+    benchmark.extra_info.update(codec_s=t_codec, pickle_s=t_pickle, ratio=t_codec / t_pickle)
+    print(f"\n1000 request+reply pairs: codec {t_codec:.3f}s pickle {t_pickle:.3f}s "
+          f"ratio {t_codec / t_pickle:.2f}x")  # fmt: skip
 
 
 def _first_answer(plugin: PluginProcess) -> None:

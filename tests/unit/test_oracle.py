@@ -7,6 +7,7 @@ import socket
 import threading
 from multiprocessing.connection import Connection
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -44,6 +45,33 @@ def test_round_trip_of_plain_data_tensors_and_distributions():
     assert out["d"].event_shape == (2,) and out["d"].batch_shape == (3,)
     z = torch.randn(3, 2)
     assert torch.allclose(out["d"].log_prob(z), normal.log_prob(z))
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        torch.tensor(1.5, dtype=torch.float64),  # 0-d
+        torch.zeros(0, 3),  # empty
+        torch.arange(12).reshape(3, 4)[:, ::2],  # not contiguous
+        torch.arange(12, dtype=torch.float32).reshape(3, 4).t(),  # transposed view
+        torch.tensor([[True, False]]),
+        torch.tensor([1, -2], dtype=torch.int8),
+        torch.tensor([0.5, 2.0], dtype=torch.float16),
+    ],
+)
+def test_every_tensor_layout_and_dtype_round_trips_exactly(t):
+    out = decode(encode([t, np.asarray(t)]))
+    for got in (out[0], torch.from_numpy(out[1])):
+        assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t)
+    out[0].add_(1) if t.dtype != torch.bool else out[0].logical_not_()  # owned and writable
+
+
+def test_bfloat16_is_sent_as_float32_and_other_dtypes_are_refused():
+    out = decode(encode([torch.tensor([1.5], dtype=torch.bfloat16)]))
+    assert out[0].dtype == torch.float32 and out[0].item() == 1.5
+    for bad in (torch.ones(2, dtype=torch.complex64), np.ones(2, dtype=np.complex64)):
+        with pytest.raises(TypeError, match="cannot cross"):
+            encode([bad])
 
 
 @pytest.mark.parametrize(
