@@ -2,7 +2,7 @@
 
 Issue 19's budget: about 2 minutes per task and under 10 minutes for all tasks on 2 cores.
 Every cell runs as in a real run: its own process, the method in its sandboxed plugin
-process, seed 0, all built-in methods, an empty results folder and an empty
+process, seed 0, all built-in methods, as many cells at a time as `--jobs`' default, an empty results folder and an empty
 reference-defense cache (a first run), so a slowdown anywhere on that path shows here.
 """
 
@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from dltbench import registry
+from dltbench.cli import default_jobs, physical_memory_mb
 from dltbench.runner import RunOptions, plan, run_cells
 
 TASKS = [
@@ -31,7 +32,7 @@ SMOKE = False
 
 
 class TimeQuickRun:
-    """Seconds for every built-in method of a task on the quick profile, seed 0, --jobs 1."""
+    """Seconds for every built-in method of a task on the quick profile, seed 0, default --jobs."""
 
     params = TASKS
     param_names = ["task"]
@@ -57,7 +58,8 @@ class TimeQuickRun:
         t = registry.get_task(task)
         methods = registry.method_names(task)
         cells = plan(t, methods[:1] if SMOKE else methods, "quick", [0], smoke=SMOKE)
-        opts = RunOptions(device="cpu", results_dir=Path(self._tmp.name) / "results")
+        jobs = default_jobs("cpu", os.cpu_count() or 1, physical_memory_mb())
+        opts = RunOptions(device="cpu", jobs=jobs, results_dir=Path(self._tmp.name) / "results")
         bad = [r for r in run_cells(t, cells, opts) if r.status != "ok"]
         if bad:
             raise RuntimeError(f"{task}: {len(bad)} cells not ok: {bad[0].error}")

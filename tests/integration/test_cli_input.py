@@ -55,7 +55,7 @@ def test_impossible_numbers_are_refused_up_front(dirs, capsys, extra, message):
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = dict(seeds=[0], jobs=1, timeout="30m", memory=None)
+    base = dict(seeds=[0], jobs=1, timeout="30m", memory=None, device="cpu")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -67,6 +67,18 @@ def test_absurd_jobs_are_capped_by_cores_with_a_warning(capsys, monkeypatch):
     assert "warning: --jobs 1000 capped to 8 (4 x 2 cores)" in capsys.readouterr().err
     phys = physical_memory_mb()
     assert memory == pytest.approx(0.8 * phys / 8)  # the default: 80% of memory over jobs
+
+
+def test_default_jobs_are_one_per_core_and_per_two_gib(capsys, monkeypatch):
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(cli, "physical_memory_mb", lambda: 64 * 1024.0)
+    jobs, _, memory = check_run_input(_args(jobs=None))
+    assert jobs == 8 and memory == pytest.approx(0.8 * 64 * 1024 / 8)
+    monkeypatch.setattr(cli, "physical_memory_mb", lambda: 6 * 1024.0)  # 4.8 GiB usable
+    assert check_run_input(_args(jobs=None))[0] == 2
+    monkeypatch.setattr(cli, "physical_memory_mb", lambda: 1024.0)
+    assert check_run_input(_args(jobs=None))[0] == 1
+    assert "warning" not in capsys.readouterr().err  # a default is not a capped request
 
 
 def test_jobs_are_capped_by_memory(capsys, monkeypatch):
