@@ -10,7 +10,9 @@ sandbox built on Linux namespaces, used by Flatpak) works, the worker runs in it
   private writable scratch folder; the results, leaderboard and data
   folders, the git history and the datasets that ship inside packages are not there;
 * no network (a new, empty network namespace), its own PID and IPC namespaces, so it
-  sees no harness process; it dies with the cell (``--die-with-parent``).
+  sees no harness process; it dies with the cell (``--die-with-parent``);
+* no file locks or file-change notifications (:mod:`dltbench.seccomp`), so two plugin
+  processes cannot signal each other through the files both can read.
 
 Everywhere, the worker has its own session, a parent-death signal, an address-space
 limit on CPU (``--memory``), no core dumps, and a fixed number of CPU threads. Where
@@ -41,6 +43,7 @@ from typing import Any
 
 import torch
 
+from . import seccomp
 from .oracle import Endpoint, PluginDied
 
 _PR_SET_PDEATHSIG = 1
@@ -123,11 +126,14 @@ def bwrap_command(
     modules: tuple[str, ...],
     attachments: tuple[str, ...] = (),
     read_only_root: bool = False,
+    seccomp_fd: int | None = None,
 ) -> tuple[list[str], list[str]]:
     """The bwrap prefix for the worker and the PYTHONPATH entries it needs inside.
 
     ``read_only_root``: the root, ``/dev`` and ``/tmp`` read-only too (for the zygote:
     each worker it forks covers the writable places left with private mounts of its own).
+    ``seccomp_fd``: a descriptor holding :func:`dltbench.seccomp.program` (no file locks
+    or notifications), which must be passed to bwrap.
     """
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
             "--unshare-ipc", "--unshare-uts", "--dev", "/dev", "--proc", "/proc",
@@ -153,6 +159,8 @@ def bwrap_command(
     args += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch)]
     if read_only_root:  # after the binds: /tmp holds the plugin's files, bound read-only
         args += ["--remount-ro", "/", "--remount-ro", "/dev", "--remount-ro", "/tmp"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     return args, pythonpath
 
 
@@ -245,23 +253,25 @@ class PluginProcess:
         ours, theirs = socket.socketpair()
         env = _worker_env(self.scratch, threads)
         cmd = [sys.executable, "-m", "dltbench.worker", str(theirs.fileno()), str(threads)]
-        if use_bwrap:
-            prefix, pythonpath = bwrap_command(
-                self.scratch, plugin_files, import_modules, attachments
-            )
-            cmd = prefix + cmd
-        else:
-            pythonpath = [str(_package_dir().parent)] + [
-                str(root) for _, root in _module_roots(import_modules)
-            ]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
         self.log_path = self.scratch / "worker.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            env=env, cwd=str(self.scratch), start_new_session=True,
-            preexec_fn=_limits(memory_mb, device.type == "cpu"),
-        )  # fmt: skip
+        with seccomp.program_fd() if use_bwrap else contextlib.nullcontext() as sfd:
+            if use_bwrap:
+                prefix, pythonpath = bwrap_command(
+                    self.scratch, plugin_files, import_modules, attachments, seccomp_fd=sfd
+                )
+                cmd = prefix + cmd
+            else:
+                pythonpath = [str(_package_dir().parent)] + [
+                    str(root) for _, root in _module_roots(import_modules)
+                ]
+            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
+            self.proc = subprocess.Popen(
+                cmd, pass_fds=[theirs.fileno(), *([sfd] if sfd is not None else [])],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=env, cwd=str(self.scratch), start_new_session=True,
+                preexec_fn=_limits(memory_mb, device.type == "cpu"),
+            )  # fmt: skip
         log.close()
         theirs.close()
         self.endpoint = Endpoint(Connection(ours.detach()), trusted_peer=False)
@@ -369,18 +379,21 @@ class Zygote:
         self.cpu_only = torch.device(device).type == "cpu"
         self._ids = itertools.count(1)
         ours, theirs = socket.socketpair()
-        prefix, pythonpath = bwrap_command(
-            self.scratch, plugin_files, import_modules, attachments, read_only_root=True
-        )
         env = _worker_env(self.scratch, 1)
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
         cmd = [sys.executable, "-m", "dltbench.zygote", str(theirs.fileno()), str(self.scratch)]
         log = open(self.scratch / "zygote.log", "wb")  # noqa: SIM115 - the child holds it
-        self.proc = subprocess.Popen(
-            prefix + cmd + list(packages), pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log, env=env, cwd=str(self.scratch), start_new_session=True,
-            preexec_fn=_limits(None, self.cpu_only),
-        )  # fmt: skip
+        with seccomp.program_fd() as sfd:  # the zygote's forked workers inherit the filter
+            prefix, pythonpath = bwrap_command(
+                self.scratch, plugin_files, import_modules, attachments, read_only_root=True,
+                seccomp_fd=sfd,
+            )  # fmt: skip
+            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
+            self.proc = subprocess.Popen(
+                prefix + cmd + list(packages),
+                pass_fds=[theirs.fileno(), *([sfd] if sfd is not None else [])],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(self.scratch),
+                start_new_session=True, preexec_fn=_limits(None, self.cpu_only),
+            )  # fmt: skip
         log.close()
         theirs.close()
         self.ctl = ours

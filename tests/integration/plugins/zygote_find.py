@@ -13,7 +13,15 @@ import os
 MARK = "dltleak"
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
-found = {"comm": [], "key": [], "pty": [], "root": [], "visible_pids": [], "flock": False}
+found = {
+    "comm": [],
+    "key": [],
+    "pty": [],
+    "root": [],
+    "visible_pids": [],
+    "flock": False,
+    "flock_refused": False,
+}
 
 for path in glob.glob("/proc/[0-9]*/comm") + glob.glob("/proc/[0-9]*/task/*/comm"):
     try:
@@ -63,5 +71,7 @@ with open(os.path.join(os.path.dirname(__file__), "zygote_leave.py")) as f:
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        found["flock"] = True
+        found["flock"] = True  # the other worker's lock is there: one bit received
+    except PermissionError:
+        found["flock_refused"] = True
 print(json.dumps(found), flush=True)

@@ -56,9 +56,25 @@ def _mount(src: bytes, target: bytes, fstype: bytes, flags: int) -> str:
     return "ok" if r == 0 else os.strerror(ctypes.get_errno())
 
 
-# 6. A lock on a file every worker sees (read-only, shared): a bit a concurrent worker can test.
+def _inotify() -> int:
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return fd
+
+
+# 6. A lock on a file every worker sees (read-only, shared): a bit a concurrent worker can
+# test; a record lock and an inotify watch are the same kind of bit.
 _held = open(__file__)
-fcntl.flock(_held, fcntl.LOCK_EX)
+for name, take in (("flock", lambda: fcntl.flock(_held, fcntl.LOCK_EX)),
+                   ("lockf", lambda: fcntl.lockf(_held, fcntl.LOCK_SH)),
+                   ("inotify", lambda: os.close(_inotify()))):  # fmt: skip
+    try:
+        take()
+        done[name] = "ok"
+    except OSError as exc:
+        done[name] = exc.strerror
+
 
 # 7. Undo the locked mounts: unmount them, remount the root read-write.
 done["umount_shm"] = "ok" if libc.umount2(b"/dev/shm", 2) == 0 else os.strerror(ctypes.get_errno())

@@ -1,0 +1,96 @@
+"""A seccomp filter for plugin processes: no file locks, leases or file-change notifications.
+
+Two plugin processes that run at the same time (a cell's plugin and its auditor, or two
+cells side by side) see the same read-only files. Without this filter one could take a
+lock (``flock``, ``fcntl`` record locks) or watch a file (inotify, fanotify, dnotify) and
+the other could read the signal: a covert channel that lets a plugin learn what its
+auditor was asked. The filter makes those calls fail with EPERM; everything else is
+allowed. Python, torch and numpy use none of them. Timing stays a (slow, noisy) channel
+that no filter closes.
+
+The program is classic BPF, written out here (no libseccomp binding is needed) and handed
+to bubblewrap's ``--seccomp FD``; children (the zygote's forked workers) inherit it.
+Calls made through another ABI (i386's ``int 0x80``, x32) are refused outright, so the
+numbers checked are the only way in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import struct
+
+# struct seccomp_data: int nr; u32 arch; u64 instruction_pointer; u64 args[6]
+_NR, _ARCH, _ARG1_LOW = 0, 4, 24  # args[1]'s low 32 bits (little-endian hosts)
+_LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
+_ALLOW, _ERRNO = 0x7FFF0000, 0x00050000
+_EPERM = 1
+_X32_BIT = 0x40000000
+
+#: per machine: audit arch, fcntl's number, numbers refused outright (flock, inotify,
+#: fanotify), and whether x32 calls must be refused.
+_ABIS = {
+    "x86_64": (0xC000003E, 72, (73, 253, 294, 300), True),
+    "aarch64": (0xC00000B7, 25, (32, 26, 262), False),
+}
+#: fcntl commands refused: record locks (F_GETLK, F_SETLK, F_SETLKW and their OFD forms),
+#: leases (F_SETLEASE, F_GETLEASE) and dnotify (F_NOTIFY).
+FCNTL_REFUSED = (5, 6, 7, 36, 37, 38, 1024, 1025, 1026)
+
+
+def program() -> bytes | None:
+    """The filter as ``struct sock_filter`` array bytes, or None on an unsupported machine."""
+    abi = _ABIS.get(platform.machine())
+    if abi is None or struct.pack("=I", 1) != struct.pack("<I", 1):
+        return None
+    arch, fcntl_nr, refused, x32 = abi
+    code: list[tuple] = [("ld", _ARCH), ("jeq", arch, None, "deny"), ("ld", _NR)]
+    if x32:
+        code.append(("jge", _X32_BIT, "deny", None))
+    code += [("jeq", nr, "deny", None) for nr in refused]
+    code += [("jeq", fcntl_nr, None, "allow"), ("ld", _ARG1_LOW)]
+    code += [("jeq", cmd, "deny", None) for cmd in FCNTL_REFUSED]
+    code += [("label", "allow"), ("ret", _ALLOW), ("label", "deny"), ("ret", _ERRNO | _EPERM)]
+    return _assemble(code)
+
+
+def _assemble(code: list[tuple]) -> bytes:
+    """Resolve labels (None: the next instruction) into BPF's relative jump offsets."""
+    insns, labels = [], {}
+    for op in code:
+        if op[0] == "label":
+            labels[op[1]] = len(insns)
+        else:
+            insns.append(op)
+    out = []
+    for i, op in enumerate(insns):
+        if op[0] == "ld":
+            out.append(struct.pack("=HBBI", _LD_W_ABS, 0, 0, op[1]))
+        elif op[0] == "ret":
+            out.append(struct.pack("=HBBI", _RET_K, 0, 0, op[1]))
+        else:
+            jt, jf = (0 if t is None else labels[t] - i - 1 for t in op[2:])
+            if not (0 <= jt < 256 and 0 <= jf < 256):
+                raise ValueError("seccomp jump out of range")
+            out.append(struct.pack("=HBBI", _JEQ_K if op[0] == "jeq" else _JGE_K, jt, jf, op[1]))
+    return b"".join(out)
+
+
+@contextlib.contextmanager
+def program_fd():
+    """A readable descriptor holding :func:`program` (for ``bwrap --seccomp FD``), or None."""
+    prog = program()
+    if prog is None:
+        yield None
+        return
+    r, w = os.pipe()
+    try:
+        os.write(w, prog)  # a few hundred bytes: fits in the pipe's buffer
+        os.close(w)
+        w = -1
+        yield r
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
