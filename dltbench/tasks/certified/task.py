@@ -523,8 +523,10 @@ def check_base_classifier(artifact, data, config: CertifiedConfig, ctx: Context)
 
 
 def lipschitz_radii(radii_l2: np.ndarray, x: torch.Tensor, norm: str) -> np.ndarray:
-    """A certified l2 radius as a radius in ``norm`` at the inputs ``x`` (N, ...): the largest
-    ball of ``norm`` whose every perturbation stays within l2 distance ``radii_l2``."""
+    """A certified l2 radius as a radius in ``norm`` at the inputs ``x`` (N, ...): a ball of
+    ``norm`` whose every perturbation stays within l2 distance ``radii_l2`` (the largest one
+    for l2, l-inf, brightness and contrast; for translation, from a bound on the shift's
+    l2 speed)."""
     dim = int(np.prod(x.shape[1:]))
     if norm in ("l2", "l1"):  # ||d||_2 <= ||d||_1: the l2 ball holds the l1 ball
         return radii_l2
