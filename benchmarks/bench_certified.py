@@ -11,7 +11,8 @@ from dltbench.tasks.certified import CertifiedTask, certify_batch
 METHODS = ["standard", "gaussian-aug", "consistency", "lipschitz-margin"]
 #: The quick profile's settings, as (noise, sigma, norm).
 SETTINGS = ["gaussian-0.25-l2", "gaussian-0.5-l2", "gaussian-0.25-linf", "laplace-0.25-l1",
-            "uniform-0.25-l1", "brightness-0.2-brightness", "contrast-0.4-contrast"]  # fmt: skip
+            "uniform-0.25-l1", "brightness-0.2-brightness", "contrast-0.4-contrast",
+            "translation-0.5-translation"]  # fmt: skip
 
 
 class TrackCertified:

@@ -193,6 +193,27 @@ def test_the_lipschitz_method_trains_and_scores_on_an_l1_row(dirs):
     assert rec["estimator"]["lipschitz_bound"] > 0 and rec["metrics"]["acr"] >= 0
 
 
+@pytest.mark.slow  # process start-up dominates; the closed forms are in tests/reference
+def test_the_translation_row_trains_with_shifts_and_certifies_in_pixels(dirs):
+    assert main(["run", "--task", "certified", "--smoke", "--setting", "noise=translation",
+                 "--method", "gaussian-aug", "lipschitz-margin", *cli_args(dirs)]) == 0  # fmt: skip
+    recs = {r["method"]: r for r in records(dirs)}
+    assert {r["status"] for r in recs.values()} == {"ok"}
+    aug, lip = recs["gaussian-aug"], recs["lipschitz-margin"]
+    assert aug["setting"]["norm"] == "translation" and aug["estimator"]["noise"] == "translation"
+    assert "band-limited" in aug["estimator"]["smoothing"]
+    assert aug["estimator"]["training"]["config_fields_seen"] == [
+        "dataset",
+        "epochs",
+        "noise",
+        "sigma",
+    ]
+    assert 0 < aug["metrics"]["radius_ceiling"] < 1.3  # 0.5 * Phi^-1(alpha^(1/n)), pixels
+    assert lip["estimator"]["certificate"].startswith("Lipschitz margin")
+    assert "translation: r / G(x)" in lip["estimator"]["radius_formula"]
+    assert lip["metrics"]["acr"] >= 0
+
+
 @pytest.mark.slow
 def test_other_norms_and_the_lipschitz_method_train_and_score(dirs):
     """Every threat model of issue 15 at sigma 0.25, for a smoothing and a Lipschitz method."""

@@ -226,7 +226,8 @@ def test_quick_profile_has_each_threat_model_once_and_l2_radii_unchanged():
     got = [(c.noise, c.sigma, c.norm) for c in configs]
     assert got == [("gaussian", 0.25, "l2"), ("gaussian", 0.5, "l2"), ("gaussian", 0.25, "linf"),
                    ("laplace", 0.25, "l1"), ("uniform", 0.25, "l1"),
-                   ("brightness", 0.2, "brightness"), ("contrast", 0.4, "contrast")]  # fmt: skip
+                   ("brightness", 0.2, "brightness"), ("contrast", 0.4, "contrast"),
+                   ("translation", 0.5, "translation")]  # fmt: skip
     assert all(c.resolutions == ((1, 2, 4) if c.norm == "linf" else ()) for c in configs)
     assert isinstance(configs[0], CertifiedConfig) and configs[0].radii[-1] == 1.0
 

@@ -21,13 +21,9 @@ class the harness itself holds (built-ins) are shared; plugin methods train in e
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +32,10 @@ import torch
 
 from ... import registry
 from ...cache import cache_dir as _cache_root
-from ...cache import code_version
+from ...cache import code_version, locked, write_atomic
+
+__all__ = ["ALWAYS_VISIBLE", "cache_dir", "declared_fields", "load", "locked", "store",
+           "training_config", "training_key"]  # fmt: skip
 
 #: Config fields every method's training may read.
 ALWAYS_VISIBLE = ("dataset", "epochs")
@@ -86,19 +85,6 @@ def training_key(identity: dict[str, Any], seed: int, config: Any, train, device
     ]
 
 
-@contextlib.contextmanager
-def locked(path: Path):
-    """An exclusive lock on ``path``.lock (cells of one run training the same model wait for
-    the first instead of training it twice); released when the holder exits or dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def load(path: Path) -> np.ndarray | None:
     """The stored snapshot bytes (as uint8, what the worker's ``restore`` takes), or None."""
     try:
@@ -108,20 +94,8 @@ def load(path: Path) -> np.ndarray | None:
 
 
 def store(path: Path, blob: Any) -> None:
-    """Write a snapshot (uint8 array) atomically and drop entries of other code versions."""
+    """Write a snapshot (uint8 array) atomically and drop entries of other code versions
+    (:func:`dltbench.cache.write_atomic`)."""
     if not (isinstance(blob, np.ndarray) and blob.dtype == np.uint8 and blob.ndim == 1):
         raise OSError("a snapshot must be a 1-D uint8 array")  # not cached; the cell goes on
-    data = blob.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # atomic: a concurrent cell sees the old file or the new one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    for old in path.parent.glob("*.pt"):  # entries of other code versions can never hit again
-        if not old.name.startswith(code_version()):
-            old.unlink(missing_ok=True)
-            old.with_suffix(".lock").unlink(missing_ok=True)
+    write_atomic(path, blob.tobytes())

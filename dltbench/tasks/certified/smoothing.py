@@ -29,6 +29,21 @@ clips here: the threat model is the unclipped transformation, as in TSS. TSS's o
 is the scaling x * exp(k), which a ReLU network with small biases nearly ignores (it is
 positively homogeneous up to them); contrast about the mean is what image libraries call
 contrast and removes the image's content as k goes to -infinity.
+
+Translation by a real shift t = (dx, dy) pixels is made a group action the same way: the
+image is periodic (cyclic boundary) and band-limited (its Fourier / sinc interpolation), so
+shifting multiplies each Fourier coefficient X_f by exp(-2 pi i f.t), and shifts add exactly,
+T(a) T(b) = T(a + b). Gaussian smoothing over t ~ N(0, s^2 I_2) then certifies every shift
+with ||t||_2 < s Phi^-1(pA) (Cohen et al.'s theorem in two dimensions). The Nyquist row and
+column of an even-sized image have no unique band-limited interpolation (their real part
+would move as cos(pi t), which does not compose), so they stay in place: T(t) x = x + (U(t) -
+I) P x with P the projection onto the other frequencies; T(0) is the identity, and an integer
+shift is a cyclic roll of P x. Zero padding (TSS's black-pad translation) and bilinear
+interpolation are not group actions, so smoothing over them certifies nothing by this
+argument; TSS certifies integer translations with cyclic padding (its ``Translational``
+rounds the Gaussian shift to whole pixels: a subgroup of this one) or by enumeration.
+Rotations of a pixel grid are not a group action under any interpolation (a rotated lattice
+is not the lattice), so they are not certified here: see docs/tasks/certified.md.
 """
 
 from __future__ import annotations
@@ -55,10 +70,16 @@ CERTIFICATES: dict[tuple[str, str], str] = {
         "sigma_k * Phi^-1(pA) on |ln c| of the contrast factor c about the image mean "
         "(Fischer et al. 2020; Li et al. 2021)"
     ),
+    ("translation", "translation"): (
+        "sigma_t * Phi^-1(pA) on the l2 norm of the shift (dx, dy) in pixels, cyclic band-limited "
+        "(Fourier) translation (Fischer et al. 2020; Li et al. 2021)"
+    ),
 }
-#: Noises that act on a transformation's parameter (one N(0, scale^2) draw per noisy input),
-#: not on each pixel; each certifies its own parameter, the row's ``norm``.
-TRANSFORMS = ("brightness", "contrast")
+#: Noises that act on a transformation's parameter (one N(0, scale^2 I) draw per noisy input,
+#: of the dimension below), not on each pixel; each certifies its own parameter, the row's
+#: ``norm``.
+TRANSFORMS = ("brightness", "contrast", "translation")
+PARAM_DIMS = {"brightness": 1, "contrast": 1, "translation": 2}
 
 
 def draw_noise(
@@ -83,9 +104,12 @@ def draw_noise(
 
 
 def transform(kind: str, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """``x`` (N, ...) under transformation ``kind`` with one parameter per row (N,): brightness
-    x + b; contrast m + exp(k) (x - m) about each image's mean pixel m (torchvision's
-    ``adjust_contrast`` without its clipping); no clipping (it would break additivity)."""
+    """``x`` (N, ...) under transformation ``kind`` with one parameter per row: brightness
+    x + b and contrast m + exp(k) (x - m) about each image's mean pixel m (torchvision's
+    ``adjust_contrast`` without its clipping), ``param`` (N,); translation by (dx, dy) pixels
+    (:func:`translate`), ``param`` (N, 2). No clipping (it would break additivity)."""
+    if kind == "translation":
+        return translate(x, param)
     p = param.reshape(-1, *([1] * (x.dim() - 1))).to(x)
     if kind == "brightness":
         return x + p
@@ -95,13 +119,57 @@ def transform(kind: str, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown transformation {kind!r}; use {', '.join(TRANSFORMS)}")
 
 
+def _frequencies(
+    x: torch.Tensor, half: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(vertical, horizontal) DFT frequencies of images ``x`` (..., H, W) in cycles per pixel
+    (horizontal: the non-negative half if ``half``, as ``rfft2`` stores them), and the mask of
+    the frequencies below Nyquist (P of :func:`translate`)."""
+    real = x.real.dtype if x.is_complex() else x.dtype
+    fy = torch.fft.fftfreq(x.shape[-2], device=x.device, dtype=real)
+    fx = (torch.fft.rfftfreq if half else torch.fft.fftfreq)(
+        x.shape[-1], device=x.device, dtype=real
+    )
+    keep = (fy.abs() < 0.5)[:, None] & (fx.abs() < 0.5)[None, :]  # even size: drop +-1/2
+    return fy, fx, keep
+
+
+def translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Images ``x`` (N, C, H, W) translated cyclically by ``shift`` (N, 2) = (dx, dy) pixels
+    (dx along W, dy along H; content moves towards higher indices) with band-limited (sinc)
+    interpolation: x + (U(t) - I) P x, P dropping the Nyquist row and column (kept in place),
+    U(t) the phase shift exp(-2 pi i f.t). Shifts add exactly: T(a) T(b) = T(a + b)."""
+    fy, fx, keep = _frequencies(x, half=True)
+    t = shift.to(device=x.device, dtype=fy.dtype).reshape(-1, 2)
+    half = torch.pi * (fy[None, :, None] * t[:, 1, None, None]
+                       + fx[None, None, :] * t[:, 0, None, None])  # fmt: skip
+    # exp(-2 pi i f.t) - 1 = -2 sin^2(pi f.t) - i sin(2 pi f.t): no cancellation for small
+    # shifts, and exactly 0 at t = 0. The real FFT holds f_x >= 0 only; the phase is
+    # Hermitian (f -> -f conjugates it), so the result is real.
+    move = torch.complex(-2 * torch.sin(half) ** 2, -torch.sin(2 * half)) * keep
+    spectrum = torch.fft.rfft2(x)
+    return x + torch.fft.irfft2(spectrum * move[:, None], s=x.shape[-2:])
+
+
+def translation_speed(x: torch.Tensor) -> torch.Tensor:
+    """G(x) (N,), such that ||T(t) x - x||_2 <= G(x) ||t||_2 for every shift t (pixels):
+    2 pi sqrt(sum_f |X_f|^2 |f|^2 / (H W)) over the frequencies below Nyquist, since
+    |exp(-2 pi i f.t) - 1| <= 2 pi |f.t| <= 2 pi |f| ||t|| (Parseval)."""
+    fy, fx, keep = _frequencies(x)
+    weight = (fy[:, None] ** 2 + fx[None, :] ** 2) * keep
+    power = torch.fft.fft2(x.double()).abs() ** 2
+    total = (power * weight).flatten(1).sum(1) / (x.shape[-2] * x.shape[-1])
+    return 2 * torch.pi * total.sqrt()
+
+
 def perturb(
     kind: str, x: torch.Tensor, scale: float, generator: torch.Generator | None
 ) -> torch.Tensor:
     """A noisy copy of each row of ``x``: pixel noise of ``kind`` and ``scale`` added (see
     :func:`draw_noise`), or transformation ``kind`` at a parameter drawn from N(0, scale^2)."""
     if kind in TRANSFORMS:
-        param = torch.randn(len(x), generator=generator, device=x.device, dtype=x.dtype)
+        shape = (len(x),) if PARAM_DIMS[kind] == 1 else (len(x), PARAM_DIMS[kind])
+        param = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
         return transform(kind, x, param.mul_(scale))
     return draw_noise(kind, tuple(x.shape), scale, generator, x.device, x.dtype).add_(x)
 
