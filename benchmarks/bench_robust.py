@@ -9,7 +9,7 @@ from dltbench.tasks.robust import AttackTask, RobustTask, default_ensemble, pgd,
 from dltbench.tasks.robust.sparse import sparse_rs
 
 DEFENSES = ["standard", "fgsm-at", "pgd-at", "trades"]
-NORMS = ["linf", "l2", "l0"]
+NORMS = ["linf", "l2", "l0", "patch"]
 ATTACKS = ["fgsm", "pgd", "apgd-ce", "apgd-t", "cw", "square", "sparse-rs", "universal"]
 
 
@@ -63,6 +63,12 @@ class TrackRobust:
 
     track_uap_fooling_rate.unit = "fraction"
 
+    def track_uap_transfer_acc(self, cache, method, norm):
+        # NaN for the reference defenses at seed 0: their sources are themselves
+        return cache[(method, norm)]["uap_transfer_acc"]
+
+    track_uap_transfer_acc.unit = "fraction"
+
 
 class TrackAttack:
     """Built-in attacks on the quick profile, seed 0: robust accuracy left on the reference defenses."""
@@ -100,6 +106,12 @@ class TimeEvaluator:
 
     def time_pgd_linf_10(self):
         pgd(self.model, self.x, self.y, 0.1, "linf", torch.Generator().manual_seed(0), steps=10)
+
+    def time_ensemble_patch_quick(self):
+        robust_accuracy(
+            self.model, self.x, self.y, 4, "patch", default_ensemble(25, norm="patch"),
+            torch.Generator().manual_seed(0),
+        )  # fmt: skip
 
     def time_sparse_rs_l0_300(self):
         sparse_rs(self.model, self.x, self.y, 2, "l0", torch.Generator().manual_seed(0), 300)

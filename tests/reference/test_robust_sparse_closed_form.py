@@ -130,6 +130,30 @@ def test_universal_perturbation_of_a_linear_model_is_minus_w_with_the_closed_for
     assert 0.2 < closed < 0.8
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_uap_transfers_to_a_linear_model_of_the_same_direction_as_its_closed_form(norm):
+    """The UAP of w.x + b is -eps w/||w||_q; on v.x + c with v = 2w it leaves
+    P(v.x + c - eps ||v||_q > 0) of the label-1 points correct."""
+    from dltbench.tasks.robust.transfer import transfer_accuracy
+
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(D, generator=g)
+    eps = 0.1 if norm == "linf" else 0.5
+    x = 0.3 + 0.4 * torch.rand(400, 1, SIDE, SIDE, generator=g)  # x + delta never clipped
+    q = w.abs().sum() if norm == "linf" else w.norm()
+    source = _binary_linear(w, float(eps * q - (x.flatten(1) @ w).median()))
+    c = float(2 * eps * q - (2 * x.flatten(1) @ w).quantile(0.4))  # another bias: other points
+    target = _binary_linear(2 * w, c)
+    y = torch.ones(len(x), dtype=torch.long)
+    held, test = slice(0, 200), slice(200, 400)
+    delta = universal_perturbation(source, x[held], y[held], eps, norm, g, 100, eps / 5)
+    z = x[test].flatten(1) @ (2 * w) + c
+    closed = float((z - eps * 2 * q > 0).float().mean())
+    acc = transfer_accuracy(target, x[test], y[test], {"source": delta})["source"]
+    assert acc == pytest.approx(closed, abs=1 / 200)
+    assert 0.2 < closed < 0.8
+
+
 def test_top1_robustness_is_ordinary_robustness():
     g = torch.Generator().manual_seed(5)
     model = nn.Sequential(nn.Flatten(), nn.Linear(D, 10)).eval()

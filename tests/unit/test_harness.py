@@ -214,6 +214,9 @@ def test_limit_caps_test_points_and_labels_the_profile():
         plan(registry.get_task("sampler"), ["rwm"], "quick", [0], limit=7)
 
 
+ALL_FOUR = ("linf", "l2", "l0", "patch")
+
+
 def test_a_method_is_not_planned_on_a_threat_model_it_does_not_define():
     registry.discover("attack")
     task = registry.get_task("attack")
@@ -221,4 +224,5 @@ def test_a_method_is_not_planned_on_a_threat_model_it_does_not_define():
     pairs = {(c.method, c.config.norm) for c in cells}
     assert ("sparse-rs", "l0") in pairs and ("apgd-ce", "linf") in pairs
     assert ("sparse-rs", "linf") not in pairs and ("apgd-ce", "l0") not in pairs
-    assert {n for m, n in pairs if m == "pgd"} == {"linf", "l2", "l0"}  # declares all three
+    assert ("apgd-ce", "patch") not in pairs
+    assert {n for m, n in pairs if m == "pgd"} == set(ALL_FOUR)  # pgd declares all four

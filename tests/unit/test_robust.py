@@ -312,6 +312,7 @@ def test_masking_flagged_defense_is_not_ranked_above_unflagged():
 def test_reference_defense_is_trained_once_and_cached_per_code_version(
     data, tmp_path, monkeypatch
 ):
+    from dltbench import cache
     from dltbench.tasks.robust import attack_task as at
 
     monkeypatch.setenv("DLTBENCH_CACHE_DIR", str(tmp_path))
@@ -334,6 +335,7 @@ def test_reference_defense_is_trained_once_and_cached_per_code_version(
     (entry,) = tmp_path.rglob("*.pt")
     assert entry.name.startswith(at.code_version())
     monkeypatch.setattr(at, "code_version", lambda: "0" * 16)
+    monkeypatch.setattr(cache, "code_version", lambda: "0" * 16)  # write_atomic's clean-up
     _, hit3 = at.reference_model("standard", data, cfg, ctx)
     assert not hit3  # never across code versions
     assert [p.name[:16] for p in tmp_path.rglob("*.pt")] == ["0" * 16]  # the stale entry is gone

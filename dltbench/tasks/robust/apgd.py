@@ -21,6 +21,7 @@ from .threat import (
     check_norm,
     dlr_targeted_loss,
     fooled_fn,
+    on_unfooled,
     project,
 )
 
@@ -84,21 +85,18 @@ def apgd_targeted(
     """
     with torch.no_grad():  # rank the non-true classes by clean logit
         order = model(x).scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-    out = x.detach().clone()
-    todo = torch.arange(len(x), device=x.device)
-    for j in range(min(n_targets, order.shape[1] - 1)):
-        if len(todo) == 0:
-            break
+
+    def run(j: int, todo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         target = order[todo, j]
 
         def tloss(lo, yy, idx, t=target):
             return dlr_targeted_loss(lo, yy, t[idx])
 
         xa = _restarted(model, x[todo], y[todo], eps, norm, generator, steps, restarts, tloss)
-        out[todo] = xa
         with torch.no_grad():
-            todo = todo[model(xa).argmax(1) == y[todo]]
-    return out
+            return xa, model(xa).argmax(1) != y[todo]
+
+    return on_unfooled(x, min(n_targets, order.shape[1] - 1), run)
 
 
 def _restarted(
@@ -108,17 +106,13 @@ def _restarted(
     # Croce et al. 2022, is a different algorithm): l0 is PGD-l0's and Sparse-RS's.
     check_norm(norm, ("linf", "l2"), who="APGD")
     fooled = fooled or fooled_fn("ce")
-    out = x.detach().clone()
-    todo = torch.arange(len(x), device=x.device)
-    for _ in range(max(1, restarts)):
-        if len(todo) == 0:
-            break
-        xa, hit = _apgd_run(
+    return on_unfooled(
+        x,
+        max(1, restarts),
+        lambda _, todo: _apgd_run(
             model, x[todo], y[todo], todo, eps, norm, steps, loss_fn, generator, fooled
-        )
-        out[todo] = xa
-        todo = todo[~hit]
-    return out
+        ),
+    )
 
 
 def _grad(model, xa, y, idx, loss_fn):

@@ -19,12 +19,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import hashlib
+import io
 import json
-import os
 import pickle
-import tempfile
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from torch import nn
 from ... import data as datasets
 from ... import registry
 from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task
+from ...cache import cache_dir, code_version, locked, write_atomic
 from ...oracle import Exposed, MethodGenerator, RemoteObject
 from ...registry import register_task
 from .evaluate import BUDGET_TOL, CountingModel, model_fingerprint, verify_perturbation
@@ -49,10 +48,13 @@ from .task import (
     test_points,
     threat_text,
 )
+from .threat import COUNT_NORMS
 
 #: Defenses of the ``robust`` task every attack is scored against.
 REFERENCE_DEFENSES: tuple[str, ...] = ("standard", "pgd-at")
 REFERENCE_SEED = 0
+#: Folder of :func:`dltbench.cache.cache_dir` holding the trained reference defenses.
+CACHE_KIND = "reference-defenses"
 
 
 @dataclass(frozen=True)
@@ -89,30 +91,12 @@ class AttackMethod(Method):
         """Return x_adv (same shape and dtype as x) in [0, 1] with ||x_adv - x||_p <= eps per point.
 
         ``model`` (eval mode) maps (N, C, H, W) in [0, 1] to logits; ``y`` are the true
-        labels; ``norm`` is one of the class's ``norms`` ("linf", "l2", or "l0" with eps a
-        count k of changed pixels, a pixel being all channels at one location); draw
+        labels; ``norm`` is one of the class's ``norms`` ("linf", "l2", "l0" with eps a
+        count k of changed pixels, a pixel being all channels at one location, or "patch"
+        with eps the area of one square, side isqrt(eps), anywhere in the image); draw
         randomness from ``generator`` (on x's device). The harness verifies every point
         (the l0 count exactly) and scores x_adv on its own copy.
         """
-
-
-def cache_dir() -> Path:
-    """Folder of cached reference defenses (see the module docstring for the variables read)."""
-    root = os.environ.get("DLTBENCH_CACHE_DIR")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dltbench"
-    return Path(root) / "reference-defenses"
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """sha256 (16 hex digits) of every .py file of the dltbench package: the harness's code version."""
-    root = Path(__file__).resolve().parents[2]
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*.py")):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def reference_key(name: str, data, config: RobustConfig, device: torch.device) -> str:
@@ -162,20 +146,10 @@ def _weights_hash(model: nn.Module) -> str:
 
 
 def _store(path: Path, model: nn.Module) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    entry = {"state_dict": state, "fingerprint": _weights_hash(model)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(entry, f)
-        os.replace(tmp, path)  # atomic: a concurrent cell sees the old file or the new one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    for old in path.parent.glob("*.pt"):  # entries of other code versions can never hit again
-        if not old.name.startswith(code_version()):
-            old.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    torch.save({"state_dict": state, "fingerprint": _weights_hash(model)}, buf)
+    write_atomic(path, buf.getvalue())  # also drops entries of other code versions
 
 
 def reference_model(
@@ -192,30 +166,45 @@ def reference_model(
 
 
 def _reference_model(name, data, config, ctx, use_cache):
-    from ...runner import cell_contexts  # the runner imports the registry, which imports tasks
-
     skeleton = _skeleton(name, data) if use_cache else None
-    path = None
-    if skeleton is not None:
-        key = reference_key(name, data, config, ctx.device)
-        path = cache_dir() / f"{code_version()}-{name}-{key}.pt"
+    if skeleton is None:
+        return _train_reference(name, data, config, ctx), False
+    key = reference_key(name, data, config, ctx.device)
+    path = cache_dir(CACHE_KIND) / f"{code_version()}-{name}-{key}.pt"
+    # cells of one run that need the same reference wait for the first to train it
+    with _lock(path):
         if path.exists():
             model = _load_cached(path, skeleton)
             if model is not None:
                 return check_model(model.to(ctx.device), data, ctx), True
+        model = _train_reference(name, data, config, ctx)
+        with contextlib.suppress(OSError):  # a read-only or full cache costs time, not correctness
+            _store(path, model)
+    return model, False
+
+
+def _lock(path: Path):
+    """:func:`dltbench.cache.locked` on ``path``, or no lock where the cache is not writable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".lock").touch()
+    except OSError:
+        return contextlib.nullcontext()
+    return locked(path)
+
+
+def _train_reference(name, data, config, ctx) -> nn.Module:
+    from ...runner import cell_contexts  # the runner imports the registry, which imports tasks
+
     cls = registry.get_method_class("robust", name)
     _, method_ctx, _ = cell_contexts(REFERENCE_SEED, ctx.device, ctx.data_dir, ctx.progress)
     torch.manual_seed(method_ctx.seed)  # as the runner does before fit()
     # A built-in defense, trained here in the harness (trusted code); the attack being
     # scored runs in its own process and only ever queries this model through an oracle.
     task = RobustTask()
-    model = check_model(
+    return check_model(
         task.fit(cls(), task.train_view(data, config), config, method_ctx), data, ctx
     )
-    if path is not None:
-        with contextlib.suppress(OSError):  # a read-only or full cache costs time, not correctness
-            _store(path, model)
-    return model, False
 
 
 def _perturber(artifact, counted: nn.Module, config: AttackConfig, ctx: Context):
@@ -346,7 +335,8 @@ class AttackTask(Task):
             "reference_training": f"robust-task method with the contexts of cell seed {REFERENCE_SEED}; "
                                   "built-ins trained once per code version and cached by content hash",
             "threat_model": threat_text(config),
-            "budget_tolerance": BUDGET_TOL,
+            "budget_tolerance": BUDGET_TOL if config.norm not in COUNT_NORMS
+                                else "none: pixels counted exactly",
             "pass_counting": "images through the model forward / through a backward pass",
         }  # fmt: skip
         return Evaluation(metrics, {"per_defense": per_defense}, estimator)

@@ -25,6 +25,7 @@ from .threat import (
     ascent_direction,
     check_norm,
     fooled_fn,
+    on_unfooled,
     project,
     project_ball,
     random_start,
@@ -86,19 +87,15 @@ def pgd(
         step = step_size
     else:
         step = step_scale(eps, norm, x) if norm in COUNT_NORMS else 2.5 * eps / steps
-    out = x.detach().clone()
-    todo = torch.arange(len(x), device=x.device)
-    for r in range(max(1, restarts)):
-        if len(todo) == 0:
-            break
-        last = r == max(1, restarts) - 1
-        xa, fooled = _pgd_run(
+    runs = max(1, restarts)
+    return on_unfooled(
+        x,
+        runs,
+        lambda r, todo: _pgd_run(
             model, x[todo], y[todo], eps, norm, steps, step, random_init or r > 0,
-            _summed(loss), generator, check_last=not last, fooled=fooled_fn(loss),
-        )  # fmt: skip
-        out[todo] = xa
-        todo = todo[~fooled]
-    return out
+            _summed(loss), generator, check_last=r < runs - 1, fooled=fooled_fn(loss),
+        ),
+    )  # fmt: skip
 
 
 def _pgd_run(model, x, y, eps, norm, steps, step, rand, loss_fn, generator, check_last, fooled):

@@ -37,6 +37,8 @@ BUDGET_TOL = 1e-5
 
 Attack = Callable[..., torch.Tensor]  # (model, x, y, eps, norm, generator) -> x_adv
 GRADIENT_FREE = frozenset({"square", "sparse-rs"})
+#: Random-window restarts of each PGD-patch attack of the patch ensemble.
+PATCH_RESTARTS = 10
 
 
 def required_classes(attack: Attack) -> tuple[int, str]:
@@ -71,10 +73,14 @@ def default_ensemble(
     the margin, and Sparse-RS with ``square_queries`` queries (the white-box and black-box
     halves of sparse-AutoAttack's idea, Croce et al. 2022, without sparse APGD).
     """
-    if check_norm(norm) == "patch":  # gradient attacks at random window starts (no patch RS yet)
+    if check_norm(norm) == "patch":
+        # Where the window sits is the hard, non-convex part of a patch attack: many short
+        # runs from random windows beat few long ones at the same cost (measured on the
+        # quick digits: 10 x 5 steps leave 0.16 on a standard CNN, 3 x 25 steps 0.27).
+        steps = max(1, apgd_steps // 5)  # 5 steps of the quick profile's 25
         return {
-            "pgd-patch": partial(pgd, steps=apgd_steps, loss="ce", restarts=3),
-            "pgd-patch-cw": partial(pgd, steps=apgd_steps, loss="cw", restarts=3),
+            "pgd-patch": partial(pgd, steps=steps, loss="ce", restarts=PATCH_RESTARTS),
+            "pgd-patch-cw": partial(pgd, steps=steps, loss="cw", restarts=PATCH_RESTARTS),
         }
     if norm == "l0":
         return {

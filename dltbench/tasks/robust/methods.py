@@ -17,8 +17,9 @@ from .sparse import sparse_rs
 from .square import square
 from .task import DefenseMethod, RobustConfig
 
-#: Threat models of the gradient attacks that have an l0 form (PGD-l0 steps and projection).
-ALL_NORMS = ("linf", "l2", "l0")
+#: Threat models of the gradient attacks that have a pixel-budget form (PGD-l0 steps and the
+#: exact l0 or patch projection).
+ALL_NORMS = ("linf", "l2", "l0", "patch")
 
 
 class _Trained(DefenseMethod):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -20,18 +21,21 @@ from .apgd import apgd
 from .attacks import apply_universal, pgd, universal_perturbation
 from .evaluate import (
     BUDGET_TOL,
+    PATCH_RESTARTS,
     default_ensemble,
     masking_flags,
     model_fingerprint,
     robust_accuracy,
     verify_perturbation,
 )  # fmt: skip
-from .threat import label_rank
+from .threat import COUNT_NORMS, label_rank
 
 #: The harness's standard ensemble, in the order it runs (see :func:`default_ensemble`).
 ENSEMBLE: tuple[str, ...] = ("apgd-ce", "apgd-t", "square")
 #: The ensemble of the l0 threat model (eps = k changed pixels).
 ENSEMBLE_L0: tuple[str, ...] = ("pgd-l0", "pgd-l0-cw", "sparse-rs")
+#: The ensemble of the patch threat model (eps = the area of one square, anywhere).
+ENSEMBLE_PATCH: tuple[str, ...] = ("pgd-patch", "pgd-patch-cw")
 #: Robust accuracy is also measured by PGD at these multiples of eps (the eps curve).
 EPS_MULTIPLES: tuple[float, ...] = (0.5, 1.0, 2.0)
 #: Top-k robust accuracy is reported for these k (k = 1 is ``robust_acc`` before counter-evidence).
@@ -69,7 +73,9 @@ class RobustConfig:
 
 _GRID = {
     # l0 2: 2 of the 64 pixels of an 8x8 digit (3%, as 24 of MNIST's 784)
-    "quick": dict(dataset="digits", threats=(("linf", 0.1), ("l2", 0.5), ("l0", 2)), epochs=15, at_steps=3,
+    # patch 4: one 2 x 2 square anywhere on the 8 x 8 digit (6% of the pixels)
+    "quick": dict(dataset="digits", threats=(("linf", 0.1), ("l2", 0.5), ("l0", 2), ("patch", 4)),
+                  epochs=15, at_steps=3,
                   n_test=200, apgd_steps=25, apgd_targets=3, square_queries=300, square_rescale=True,
                   pgd_steps=10, batch_size=500),
     # MNIST: l_inf 0.3 and l_2 2.0 (Madry et al. 2018; Croce & Hein 2020)
@@ -97,7 +103,8 @@ def robust_configs(profile: str) -> list[RobustConfig]:
     side = {"digits": 8, "mnist": 28, "cifar10": 32}[p["dataset"]]
     channels = 3 if p["dataset"] == "cifar10" else 1
     # linf 1, the l2 diameter of the box and l0 = every pixel all reach every image
-    large = {"linf": 1.0, "l2": float(np.sqrt(channels * side * side)), "l0": float(side * side)}
+    large = {"linf": 1.0, "l2": float(np.sqrt(channels * side * side)), "l0": float(side * side),
+             "patch": float(side * side)}  # fmt: skip
     return [
         RobustConfig(
             norm=n,
@@ -160,7 +167,11 @@ def ensemble_for(config: RobustConfig) -> dict:
 
 
 def eps_at(config: RobustConfig, multiple: float) -> float:
-    """``multiple`` x eps, rounded to a whole pixel count (at least 1) for l0."""
+    """``multiple`` x eps, rounded to a whole pixel count (at least 1) for l0; for patch the
+    square's *side* is scaled (rounded, at least 1) and its area returned."""
+    if config.norm == "patch":
+        side = max(1, round(multiple * math.isqrt(int(config.eps))))
+        return float(side * side)
     e = multiple * config.eps
     return float(max(1, round(e))) if config.norm == "l0" else e
 
@@ -170,7 +181,9 @@ class RobustTask(Task):
     """Defenses: clean and robust accuracy under an AutoAttack-style ensemble (per-sample worst case)."""
 
     name = "robust"
-    version = "3"
+    # 4: top-k attacks take topk_steps (not apgd_steps) steps, as documented; patch rows;
+    # the UAP transfer column
+    version = "4"
     description = "robust accuracy of defenses under an attack ensemble at (norm, eps)"
     method_type = DefenseMethod
     protocol = "train"
@@ -181,7 +194,7 @@ class RobustTask(Task):
                    "correct and every attack failed (lowest known, with attack-task evidence)"),
         MetricSpec("clean_acc", True, "fraction", "accuracy on the attacked test points"),
         *(MetricSpec(f"acc_{a}", True, "fraction", f"robust accuracy under {a} alone")
-          for a in ENSEMBLE + ENSEMBLE_L0),
+          for a in ENSEMBLE + ENSEMBLE_L0 + ENSEMBLE_PATCH),
         *(MetricSpec(f"robust_top{k}_acc", True, "fraction",
                      f"label stays in the top {k} logits under every attack tried (ensemble"
                      + (")" if k == 1 else f" and APGD/PGD on the top-{k} margin)"))
@@ -189,6 +202,9 @@ class RobustTask(Task):
         MetricSpec("uap_fooling_rate", False, "fraction",
                    "test points whose prediction a universal perturbation (fit on training points) changes"),
         MetricSpec("uap_acc", True, "fraction", "test accuracy under that universal perturbation"),
+        MetricSpec("uap_transfer_acc", True, "fraction",
+                   "test accuracy under the universal perturbations of the attack task's reference "
+                   "defenses (mean over those with other weights)"),
         *(MetricSpec(f"pgd_acc@{m:g}eps", True, "fraction", f"PGD robust accuracy at {m:g} x eps")
           for m in EPS_MULTIPLES),
         MetricSpec("large_eps_acc", False, "fraction",
@@ -254,6 +270,10 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
     robust = rank == 0
     ctx.progress("universal", 0, 1)
     uap = universal_scores(model, data, x, y, config, gen)
+    # transfer imports attack_task, which imports this module
+    from .transfer import transfer_scores
+
+    moved = transfer_scores(model, data, x, y, config, ctx)
     ctx.progress("eps curve", 0, 1)
     curve = {}
     run_pgd = partial(pgd, steps=config.pgd_steps)
@@ -262,9 +282,10 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
             model, x, y, eps_at(config, m), config.norm, {"pgd": run_pgd}, gen, config.batch_size
         )
         curve[eps_at(config, m)] = r.robust_accuracy
-    # l0 with every pixel allowed is the whole box, the linf ball of radius 1: checked
-    # there with linf PGD, whose sign steps reach the box's corners fastest
-    big_norm, big_eps = ("linf", 1.0) if config.norm == "l0" else (config.norm, config.large_eps)
+    # l0 (patch) with every pixel allowed is the whole box, the linf ball of radius 1:
+    # checked there with linf PGD, whose sign steps reach the box's corners fastest
+    count = config.norm in COUNT_NORMS
+    big_norm, big_eps = ("linf", 1.0) if count else (config.norm, config.large_eps)
     large = robust_accuracy(
         model, x, y, big_eps, big_norm, {"pgd": run_pgd}, gen, config.batch_size
     )
@@ -276,6 +297,7 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
         **{f"robust_top{k}_acc": v for k, v in topk.items()},
         "uap_fooling_rate": uap["fooling_rate"],
         "uap_acc": uap["accuracy"],
+        "uap_transfer_acc": moved["accuracy"],
         **{f"pgd_acc@{m:g}eps": curve[eps_at(config, m)] for m in EPS_MULTIPLES},
         "large_eps_acc": large.robust_accuracy,
         "masking_flags": float(len(flags)),
@@ -293,6 +315,7 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
             "worst_label_rank": rank.astype(int).tolist(),
         },
         "universal_perturbation": uap["delta"],
+        "uap_transfer": {"per_source": moved["per_source"], "self_sources": moved["self_sources"]},
         "attack_seconds": res.seconds,
     }
     estimator = {
@@ -308,16 +331,21 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
                      f"{config.uap_steps} steps, on the clipped margin; fooling rate = P(f(x+delta) "
                      "!= f(x)) over the test points (Moosavi-Dezfooli et al. 2017), accuracy = "
                      "P(f(x+delta) = y)",
+        "universal_transfer": "accuracy under the universal perturbation of each attack-task reference "
+                              "defense (seed-0 weights), fit on the same held-out points and budget "
+                              "with a fixed harness seed; uap_transfer_acc is the mean over the "
+                              "sources whose weights are not the scored ones",
         "skipped_attacks": res.skipped,
         "robust_definition": "per-sample worst case: correct and every ensemble attack and every "
                              "top-k attack failed to misclassify (label rank 0 at every input tried)",
         "eps_curve": f"PGD, {config.pgd_steps} steps, "
                      + ("PGD-l0 step, k rounded to whole pixels" if config.norm == "l0"
-                        else "step 2.5 eps / steps") + ", random start",
-        "large_eps": config.large_eps if config.norm != "l0" else
+                        else "PGD-l0 step and patch projection, the side scaled and rounded"
+                        if config.norm == "patch" else "step 2.5 eps / steps") + ", random start",
+        "large_eps": config.large_eps if not count else
                      f"{config.large_eps:g} pixels = the whole box, checked as linf 1",
-        "budget_tolerance": BUDGET_TOL if config.norm != "l0" else "none: pixels counted exactly",
-        "masking_checks": ("" if config.norm == "l0" else
+        "budget_tolerance": BUDGET_TOL if not count else "none: pixels counted exactly",
+        "masking_checks": ("" if count else
                            "gradient-free-only successes >= 2% of points; ")
                           + "PGD accuracy not falling from eps to 2 eps or rising; "
                           "PGD accuracy > 0 at large_eps",
@@ -330,11 +358,23 @@ def threat_text(config: RobustConfig) -> str:
     if config.norm == "l0":
         return (f"at most {int(config.eps)} changed pixels (a pixel: all channels at one location; "
                 "any difference counts, checked exactly), within [0, 1]")  # fmt: skip
+    if config.norm == "patch":
+        s = math.isqrt(int(config.eps))
+        return (f"changes only inside one {s} x {s} square (area {int(config.eps)} pixels) anywhere "
+                "in the image, chosen per point; checked exactly (the changed pixels' bounding box "
+                f"has both sides <= {s}), within [0, 1]")  # fmt: skip
     return f"{config.norm} ball of radius {config.eps:g} (pixels in [0, 1]) within [0, 1]"
 
 
 def ensemble_text(config: RobustConfig) -> dict:
     """The ensemble's attacks and budgets, for an estimator record."""
+    if config.norm == "patch":
+        return {
+            name: {"steps": max(1, config.apgd_steps // 5), "loss": loss, "restarts": PATCH_RESTARTS,
+                   "step": "0.15 d g / ||g||_1, then the exact projection (best window)",
+                   "start": "uniform in the box, projected onto the best window"}
+            for name, loss in zip(ENSEMBLE_PATCH, ("ce", "margin"), strict=True)
+        }  # fmt: skip
     if config.norm == "l0":
         return {
             "pgd-l0": {"steps": config.apgd_steps, "loss": "ce", "step": "0.15 d g / ||g||_1",
@@ -355,8 +395,9 @@ def ensemble_text(config: RobustConfig) -> dict:
 
 def topk_attack_text(config: RobustConfig) -> str:
     """Which attack pushes the label out of the top k, for an estimator record."""
-    if config.norm == "l0":
-        return f"PGD-l0, {config.topk_steps} steps, loss (k-th largest other logit) - z_y"
+    if config.norm in COUNT_NORMS:
+        return (f"PGD-{config.norm}, {config.topk_steps} steps, "
+                "loss (k-th largest other logit) - z_y")  # fmt: skip
     return f"APGD, {config.topk_steps} steps, loss (k-th largest other logit) - z_y"
 
 
@@ -375,20 +416,10 @@ def topk_ranks(model, x, y, ranks: np.ndarray, config: RobustConfig, gen) -> np.
             b = b[rank[b] < k]
             if not len(b):
                 continue
-            if config.norm == "l0":
-                xa = pgd(
-                    model,
-                    x[b],
-                    y[b],
-                    config.eps,
-                    "l0",
-                    gen,
-                    steps=config.apgd_steps,
-                    loss=f"top{k}",
-                )
-            else:
-                xa = apgd(model, x[b], y[b], config.eps, config.norm, gen, steps=config.apgd_steps,
-                          loss=f"top{k}")  # fmt: skip
+            # APGD's step schedule is defined for the l_p balls only: PGD on the pixel budgets
+            attack = pgd if config.norm in COUNT_NORMS else apgd
+            xa = attack(model, x[b], y[b], config.eps, config.norm, gen, steps=config.topk_steps,
+                        loss=f"top{k}")  # fmt: skip
             xa = verify_perturbation(xa, x[b], config.eps, config.norm, who=f"top-{k} attack")
             with torch.no_grad():
                 rank[b] = torch.maximum(rank[b], label_rank(model(xa), y[b]))

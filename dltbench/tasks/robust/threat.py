@@ -13,6 +13,7 @@ here keeps its iterates inside ``{x' in [0, 1]^d : ||x' - x||_p <= eps}``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,28 @@ def project_patch(x_adv: torch.Tensor, x: torch.Tensor, area: float) -> torch.Te
     gain = ((x_adv - x).square() - (x_adv - clipped).square()).sum(1, keepdim=True)
     keep = _best_window(gain, math.isqrt(int(area))).expand_as(x)
     return torch.where(keep, clipped, x)
+
+
+def on_unfooled(
+    x: torch.Tensor,
+    runs: int,
+    run: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """Restarts: ``run(r, todo) -> (x_adv, fooled)`` for r < ``runs`` on the points no earlier run fooled.
+
+    ``todo`` indexes the rows of ``x`` still to attack; a point keeps the answer of the run
+    that fooled it, else that of the last run (x itself if none ran). One loop for PGD's
+    restarts, APGD's restarts and APGD-T's targets.
+    """
+    out = x.detach().clone()
+    todo = torch.arange(len(x), device=x.device)
+    for r in range(runs):
+        if len(todo) == 0:
+            break
+        xa, fooled = run(r, todo)
+        out[todo] = xa
+        todo = todo[~fooled]
+    return out
 
 
 def pixel_count(x: torch.Tensor) -> int:
