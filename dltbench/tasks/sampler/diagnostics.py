@@ -28,6 +28,9 @@ from scipy.stats import norm
 TAIL_PROB: tuple[float, float] = (0.05, 0.95)
 #: Rank-normalized split R-hat must be below this (Vehtari et al. 2021).
 RHAT_MAX: float = 1.01
+#: Bulk- and tail-ESS must exceed this many draws per chain (Vehtari et al. 2021, rstan's
+#: ``Rhat`` docs: about 100 per chain for R-hat and the MCSEs to be reliable).
+ESS_MIN_PER_CHAIN: float = 100.0
 #: Family-wise error level of the moment tests (Bonferroni over 2 * dim z-scores).
 MOMENT_ALPHA: float = 0.01
 
@@ -124,6 +127,7 @@ class Diagnostics:
     moments: dict[str, np.ndarray]
     threshold: float
     move_rate: float
+    chains: int = 1
 
     @property
     def moment_z_max(self) -> float:
@@ -132,10 +136,20 @@ class Diagnostics:
         return float("nan") if np.isnan(z).any() else float(np.max(z))
 
     @property
+    def ess_threshold(self) -> float:
+        """Bulk- and tail-ESS every coordinate needs (draws): ESS_MIN_PER_CHAIN x chains."""
+        return ESS_MIN_PER_CHAIN * self.chains
+
+    @property
     def passes(self) -> bool:
-        """R-hat below RHAT_MAX on every coordinate and every moment z-score below the threshold."""
+        """R-hat below RHAT_MAX, bulk/tail-ESS above ``ess_threshold`` on every coordinate,
+        and every moment z-score below the threshold."""
         r = float(np.max(self.rhat))
-        return bool(np.isfinite(r) and r < RHAT_MAX and self.moment_z_max < self.threshold)
+        ess = float(min(np.min(self.ess_bulk), np.min(self.ess_tail)))
+        return bool(
+            np.isfinite(r) and r < RHAT_MAX and ess > self.ess_threshold
+            and self.moment_z_max < self.threshold
+        )  # fmt: skip
 
 
 def diagnose(draws, mean, var, mean_se=None, var_se=None) -> Diagnostics:
@@ -148,4 +162,5 @@ def diagnose(draws, mean, var, mean_se=None, var_se=None) -> Diagnostics:
         moments=moment_z(draws, mean, var, mean_se, var_se),
         threshold=moment_threshold(draws.shape[2]),
         move_rate=move_rate(draws),
+        chains=draws.shape[0],
     )

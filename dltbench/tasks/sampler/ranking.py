@@ -1,8 +1,8 @@
 """Leaderboard eligibility: only samplers that converged and hit the moments are ranked.
 
 A row (method, profile, target) is eligible when every seed behind it has rank-normalized
-split R-hat < 1.01 on every coordinate and every moment z-score below the Bonferroni
-threshold stored in its record. Rows that fail are listed below the ranked ones with the
+split R-hat < 1.01, bulk- and tail-ESS above 100 per chain on every coordinate (Vehtari et
+al. 2021) and every moment z-score below the Bonferroni threshold stored in its record. Rows that fail are listed below the ranked ones with the
 reason; a sampler that does not apply to a target (e.g. Gibbs without Gaussian
 conditionals) gets a row that says so, and a (method, target) whose cells were all
 ``invalid`` (e.g. a diverged unadjusted chain) gets a row with the harness's reason.
@@ -15,7 +15,7 @@ import math
 import pandas as pd
 
 from ...api import Result
-from .diagnostics import RHAT_MAX
+from .diagnostics import ESS_MIN_PER_CHAIN, RHAT_MAX
 
 
 def _fails(r: Result) -> list[str]:
@@ -25,6 +25,11 @@ def _fails(r: Result) -> list[str]:
     rhat = m.get("rhat_max")
     if rhat is None or not math.isfinite(rhat) or rhat >= RHAT_MAX:
         out.append(f"R-hat {'undefined' if rhat is None else f'{rhat:.3g}'} >= {RHAT_MAX}")
+    need = est.get("ess_threshold", ESS_MIN_PER_CHAIN * est.get("chains", 1))
+    ess = [m.get("ess_bulk_min"), m.get("ess_tail_min")]
+    low = -math.inf if any(v is None for v in ess) else min(ess)
+    if not low > need:
+        out.append(f"ESS {low:.3g} <= {need:.3g}")
     thr = est.get("moment_threshold", float("inf"))
     zs = [m.get("mean_z_max"), m.get("var_z_max")]
     z = math.inf if any(v is None for v in zs) else max(zs)  # None: NaN or inf in the record
