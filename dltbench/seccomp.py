@@ -1,12 +1,14 @@
-"""A seccomp filter for plugin processes: no file locks, leases or file-change notifications.
+"""A seccomp filter for plugin processes: no file locks, leases, file-change notifications or keys.
 
 Two plugin processes that run at the same time (a cell's plugin and its auditor, or two
 cells side by side) see the same read-only files. Without this filter one could take a
 lock (``flock``, ``fcntl`` record locks) or watch a file (inotify, fanotify, dnotify) and
 the other could read the signal: a covert channel that lets a plugin learn what its
-auditor was asked. The filter makes those calls fail with EPERM; everything else is
-allowed. Python, torch and numpy use none of them. Timing stays a (slow, noisy) channel
-that no filter closes.
+auditor was asked. Kernel keys are another (their quota is per user id, across namespaces).
+The filter makes those calls fail with EPERM; everything else is allowed. Python, torch and
+numpy use none of them. Shared state that no filter can hide (free memory, the run queue,
+the page cache of the files both read, per-user pipe quotas) stays a channel: see
+docs/threat-model.md.
 
 The program is classic BPF, written out here (no libseccomp binding is needed) and handed
 to bubblewrap's ``--seccomp FD``; children (the zygote's forked workers) inherit it.
@@ -28,11 +30,13 @@ _ALLOW, _ERRNO = 0x7FFF0000, 0x00050000
 _EPERM = 1
 _X32_BIT = 0x40000000
 
-#: per machine: audit arch, fcntl's number, numbers refused outright (flock, inotify,
-#: fanotify), and whether x32 calls must be refused.
+#: per machine: audit arch, fcntl's number, numbers refused outright (flock, inotify_init,
+#: inotify_init1, fanotify_init; add_key, request_key, keyctl), and whether x32 calls must be
+#: refused. Kernel keys are charged to a quota per user id that every user namespace shares:
+#: a plugin that fills it makes a concurrent one's add_key fail with EDQUOT, one bit per call.
 _ABIS = {
-    "x86_64": (0xC000003E, 72, (73, 253, 294, 300), True),
-    "aarch64": (0xC00000B7, 25, (32, 26, 262), False),
+    "x86_64": (0xC000003E, 72, (73, 253, 294, 300, 248, 249, 250), True),
+    "aarch64": (0xC00000B7, 25, (32, 26, 262, 217, 218, 219), False),
 }
 #: fcntl commands refused: record locks (F_GETLK, F_SETLK, F_SETLKW and their OFD forms),
 #: leases (F_SETLEASE, F_GETLEASE) and dnotify (F_NOTIFY).

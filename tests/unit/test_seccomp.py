@@ -1,5 +1,5 @@
 """The plugin processes' seccomp filter, loaded into a plain subprocess (no bubblewrap needed):
-locks, leases and file-change notifications are refused; ordinary work is not."""
+locks, leases, file-change notifications and kernel keys are refused; ordinary work is not."""
 
 from __future__ import annotations
 
@@ -49,6 +49,11 @@ attempt("notify", lambda: fcntl.fcntl(f, 1026, 1))  # F_NOTIFY (dnotify)
 attempt("lease", lambda: fcntl.fcntl(f, 1025))  # F_GETLEASE
 fd = libc.inotify_init1(0)
 out["inotify"] = "ok" if fd >= 0 else errno.errorcode[ctypes.get_errno()]
+# a key in this process's own keyring: keys count against a quota per user id
+nr_add_key = {"x86_64": 248, "aarch64": 217}[sys.argv[2]]
+key = libc.syscall(ctypes.c_long(nr_add_key), b"user", b"dltbench-probe", b"x", ctypes.c_size_t(1),
+                   ctypes.c_long(-2))  # KEY_SPEC_PROCESS_KEYRING
+out["add_key"] = "ok" if key >= 0 else errno.errorcode[ctypes.get_errno()]
 # what Python and torch do need still works
 attempt("getfl", lambda: fcntl.fcntl(f, fcntl.F_GETFL))
 attempt("nonblock", lambda: os.set_blocking(f.fileno(), False))
@@ -72,7 +77,7 @@ def test_filter_refuses_locks_and_notifications_only(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    refused = ["flock", "lockf", "ofd_getlk", "notify", "lease", "inotify"]
+    refused = ["flock", "lockf", "ofd_getlk", "notify", "lease", "inotify", "add_key"]
     if platform.machine() == "x86_64":
         refused.append("x32")
     assert {k: out[k] for k in refused} == dict.fromkeys(refused, "EPERM"), out

@@ -76,6 +76,11 @@ for name, take in (("flock", lambda: fcntl.flock(_held, fcntl.LOCK_EX)),
         done[name] = exc.strerror
 
 
+# 6b. Kernel keys are charged to a quota per user id that every namespace shares: holding
+# keys until add_key fails with EDQUOT is a bit any concurrent worker can test.
+k = libc.syscall(248, b"user", b"dltquota", b"x", 1, ctypes.c_long(-2))  # process keyring
+done["add_key"] = "ok" if k > 0 else os.strerror(ctypes.get_errno())
+
 # 7. Undo the locked mounts: unmount them, remount the root read-write.
 done["umount_shm"] = "ok" if libc.umount2(b"/dev/shm", 2) == 0 else os.strerror(ctypes.get_errno())
 done["umount_scratch"] = (
