@@ -447,7 +447,9 @@ class Endpoint:
             if kind == "rep":
                 return msg[1]
             if kind == "err":
-                raise PluginError(str(msg[1]))
+                raise PluginError(
+                    _printable(str(msg[1])) if not self.trusted_peer else str(msg[1])
+                )
             if kind == "req":
                 self._serve_one(msg[1], msg[2:])
             elif kind == "progress" and not self.trusted_peer:
@@ -469,7 +471,7 @@ class Endpoint:
             and all(isinstance(a, int) for a in args[1:])
         )
         if well_formed and self.on_progress:
-            self.on_progress(args[0][:80], args[1], args[2])
+            self.on_progress(_printable(args[0][:80], keep=""), args[1], args[2])
 
     # -- serving ------------------------------------------------------------------------
     def serve_forever(self, handlers: dict[str, Callable[..., Any]]) -> None:
@@ -586,6 +588,15 @@ class Endpoint:
         if obj is None or not isinstance(name, str) or name.startswith("_"):
             raise ProtocolError(f"cannot read {name!r}")
         return _plain(getattr(obj, name, None))
+
+
+def _printable(text: str, keep: str = "\n\t") -> str:
+    """``text`` without control characters (but ``keep``): a plugin's error or progress text
+    is printed on the user's terminal, where escape sequences could clear it, retitle it or
+    forge lines of the run's output."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in keep else "?" for ch in text)
 
 
 def map_leaves(v: Any, leaf: Callable[[Any], Any]) -> Any:

@@ -296,3 +296,19 @@ def test_a_plugin_error_carries_its_traceback(pair):
     harness, _, _, oid = pair
     with pytest.raises(PluginError, match="mat1 and mat2|shapes"):
         RemoteModule(harness, oid)(torch.randn(2, 7, dtype=torch.float64))
+
+
+def test_a_plugins_error_and_progress_text_reach_the_terminal_without_control_characters():
+    # A plugin's error text and progress labels are printed on the user's terminal: an
+    # escape sequence could clear it, set its title or forge a line of the run's output.
+    a, b = socket.socketpair()
+    harness = Endpoint(Connection(a.detach()), trusted_peer=False)
+    plugin = Connection(b.detach())
+    seen = []
+    harness.on_progress = lambda desc, done, total: seen.append(desc)
+    plugin.send_bytes(b"E" + encode(["progress", "step\x1b[2J\x1b]0;pwned\x07", 1, 2]))
+    plugin.send_bytes(b"E" + encode(["err", "boom\x1b[1A\rok  fake-method  acc=1.0\nline 2"]))
+    with pytest.raises(PluginError) as info:
+        harness.request("call", 1, "forward", [], {}, False)
+    assert seen == ["step?[2J?]0;pwned?"]
+    assert str(info.value) == "boom?[1A?ok  fake-method  acc=1.0\nline 2"
