@@ -420,8 +420,12 @@ class Endpoint:
         if tag != b"E":
             raise ProtocolError("a message from the plugin must use the plain-data codec")
         msg = decode(body)
-        if not isinstance(msg, list) or not msg or not isinstance(msg[0], str):
-            raise ProtocolError("a message from the plugin must be a list starting with its kind")
+        if not isinstance(msg, list) or len(msg) < 2 or not isinstance(msg[0], str):
+            # every kind (rep, err, req, progress) has a body: ["rep"] alone would be an
+            # IndexError in the harness, not a ProtocolError
+            raise ProtocolError(
+                "a message from the plugin must be a list: its kind, then its body"
+            )
         return tuple(msg)
 
     def expose(self, obj: Any) -> Ref:
@@ -468,8 +472,8 @@ class Endpoint:
         well_formed = (
             len(args) == 3
             and isinstance(args[0], str)
-            and all(isinstance(a, int) for a in args[1:])
-        )
+            and all(type(a) is int and 0 <= a < 2**53 for a in args[1:])
+        )  # a progress bar turns them into floats: 10**400 would overflow in the harness
         if well_formed and self.on_progress:
             self.on_progress(_printable(args[0][:80], keep=""), args[1], args[2])
 

@@ -312,3 +312,27 @@ def test_a_plugins_error_and_progress_text_reach_the_terminal_without_control_ch
         harness.request("call", 1, "forward", [], {}, False)
     assert seen == ["step?[2J?]0;pwned?"]
     assert str(info.value) == "boom?[1A?ok  fake-method  acc=1.0\nline 2"
+
+
+@pytest.mark.parametrize("msg", [["rep"], ["err"], ["req"]])
+def test_a_message_without_a_body_is_a_protocol_error(msg):
+    a, b = socket.socketpair()
+    harness = Endpoint(Connection(a.detach()), trusted_peer=False)
+    plugin = Connection(b.detach())
+    plugin.send_bytes(b"E" + encode(msg))
+    with pytest.raises(ProtocolError, match="its kind, then its body"):
+        harness.request("call", 1, "forward", [], {}, False)
+    plugin.close()
+
+
+def test_progress_counts_that_no_float_holds_are_dropped():
+    a, b = socket.socketpair()
+    harness = Endpoint(Connection(a.detach()), trusted_peer=False)
+    plugin = Connection(b.detach())
+    seen = []
+    harness.on_progress = lambda desc, done, total: seen.append((done, total))
+    for done, total in ((1, 10**400), (True, 2), (-1, 2), (1, 2)):
+        plugin.send_bytes(b"E" + encode(["progress", "step", done, total]))
+    plugin.send_bytes(b"E" + encode(["rep", None]))
+    assert harness.request("call", 1, "forward", [], {}, False) is None
+    assert seen == [(1, 2)]
