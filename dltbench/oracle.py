@@ -23,6 +23,7 @@ The harness verifies every answer it gets (type, shape, finiteness) through the
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import math
@@ -127,6 +128,14 @@ _NP_DTYPES = {n: np.dtype(t) for n, t in _DTYPES.items()}
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, check_circular=False)
 
 
+def _no_constant(name: str) -> None:
+    raise ProtocolError(f"{name} is not JSON")
+
+
+# Made once too (json.loads with any argument makes a decoder per call).
+_JSON_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _enc(o: Any, buffers: list) -> Any:
     if isinstance(o, torch.Tensor):
         t = o.detach()
@@ -193,15 +202,19 @@ def decode(frame: bytes | memoryview, refs: bool = False) -> Any:
     """Rebuild what :func:`encode` wrote, accepting nothing else (raises ProtocolError).
 
     ``refs``: accept handles (only the worker does: the harness hands it handles, never
-    the reverse).
+    the reverse). What a frame decodes to takes about as much memory as the frame: each
+    buffer is read at most once, and distributions' parameters must not broadcast.
     """
     try:
         (hlen,) = struct.unpack_from("<I", frame, 0)
         if hlen > MAX_HEADER:
             raise ProtocolError(f"message header of {hlen} bytes (at most {MAX_HEADER})")
-        header = json.loads(bytes(frame[4 : 4 + hlen]))
+        # NaN and Infinity are not JSON: encode writes them as markers, never bare.
+        header = _JSON_DECODER.decode(bytes(frame[4 : 4 + hlen]).decode())
+        if not isinstance(header, dict) or "v" not in header:
+            raise ProtocolError("message header without a value")
         sizes = header["sizes"]
-        if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
+        if not isinstance(sizes, list) or not all(type(s) is int and s >= 0 for s in sizes):
             raise ProtocolError("bad buffer sizes")
         bounds = list(itertools.accumulate(sizes, initial=4 + hlen))
         if bounds[-1] != len(frame):
@@ -211,17 +224,24 @@ def decode(frame: bytes | memoryview, refs: bool = False) -> Any:
         raise
     except Exception as exc:
         raise ProtocolError(f"unreadable message from the plugin process: {exc}") from exc
+    used: set[int] = set()
 
     def array(d: dict, key: str) -> np.ndarray:
         i, dtype, shape = d[key], d.get("dtype"), d.get("shape")
-        if not (isinstance(i, int) and 0 <= i < len(sizes)) or dtype not in _DTYPES:
-            raise ProtocolError(f"bad array descriptor {d!r}")
-        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
-            raise ProtocolError(f"bad array shape {shape!r}")
-        np_dtype = _NP_DTYPES[dtype]
-        if math.prod(shape) * np_dtype.itemsize != sizes[i]:
+        # type() is not isinstance(): True is not buffer 1, nor a dimension of 1.
+        if type(i) is not int or not 0 <= i < len(sizes) or not isinstance(dtype, str):
+            raise ProtocolError(f"bad array descriptor {d!r}"[:200])
+        if dtype not in _DTYPES:
+            raise ProtocolError(f"bad array dtype {dtype!r}"[:200])
+        if i in used:  # one small buffer named many times would be copied many times
+            raise ProtocolError(f"buffer {i} is used twice")
+        if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
+            raise ProtocolError(f"bad array shape {shape!r}"[:200])
+        used.add(i)
+        np_dtype, n = _NP_DTYPES[dtype], math.prod(shape)
+        if n * np_dtype.itemsize != sizes[i]:
             raise ProtocolError("array size does not match its shape")
-        return np.frombuffer(frame, np_dtype, math.prod(shape), starts[i]).reshape(shape).copy()
+        return np.frombuffer(frame, np_dtype, n, starts[i]).reshape(shape).copy()
 
     def dec(o: Any, depth: int = 0) -> Any:
         if depth > 64:
@@ -237,10 +257,12 @@ def decode(frame: bytes | memoryview, refs: bool = False) -> Any:
         if "__a__" in o:
             return array(o, "__a__")
         if "__f__" in o:
-            if o["__f__"] not in ("nan", "inf", "-inf"):
+            if not isinstance(o["__f__"], str) or o["__f__"] not in ("nan", "inf", "-inf"):
                 raise ProtocolError("bad float")
             return float(o["__f__"])
         if "__tuple__" in o:
+            if not isinstance(o["__tuple__"], list):
+                raise ProtocolError("a tuple must be sent as a list")
             return tuple(dec(v, depth + 1) for v in o["__tuple__"])
         if "__ref__" in o:
             if not refs:
@@ -250,10 +272,15 @@ def decode(frame: bytes | memoryview, refs: bool = False) -> Any:
         if "__dist__" in o:
             return _rebuild_distribution(o, dec, depth)
         if any(k.startswith("__") for k in o):
-            raise ProtocolError(f"unknown marker in {sorted(o)}")
+            raise ProtocolError(f"unknown marker in {sorted(o)}"[:200])
         return {k: dec(v, depth + 1) for k, v in o.items()}
 
-    return dec(header["v"])
+    try:
+        return dec(header["v"])
+    except ProtocolError:
+        raise
+    except Exception as exc:  # numpy's and torch's own refusals (65 dimensions, ...)
+        raise ProtocolError(f"unreadable message from the plugin process: {exc}"[:300]) from exc
 
 
 def _rebuild_distribution(o: dict, dec: Callable, depth: int) -> torch.distributions.Distribution:
@@ -268,6 +295,7 @@ def _rebuild_distribution(o: dict, dec: Callable, depth: int) -> torch.distribut
         params = {p: dec(o["params"][p], depth + 1) for p in names}
         if not all(isinstance(v, torch.Tensor) for v in params.values()):
             raise ProtocolError(f"{name} parameters must be tensors")
+        _check_parameter_shapes(name, params)
         if cls.__module__.startswith("torch."):
             return cls(**params, validate_args=False)
         return cls(**params)
@@ -275,6 +303,71 @@ def _rebuild_distribution(o: dict, dec: Callable, depth: int) -> torch.distribut
         raise
     except Exception as exc:
         raise ProtocolError(f"cannot rebuild distribution {name!r}: {exc}") from exc
+
+
+#: Trailing dimensions of a parameter that are not batch dimensions (0 when not listed).
+_EVENT_DIMS = {
+    "MultivariateNormal": {"loc": 1, "scale_tril": 2},
+    "LowRankMultivariateNormal": {"loc": 1, "cov_factor": 2, "cov_diag": 1},
+}
+
+
+def _check_parameter_shapes(name: str, params: dict[str, torch.Tensor]) -> None:
+    """Refuse parameters that would cost the harness far more than the frame that carried them.
+
+    :func:`encode` sends every parameter at the distribution's full batch shape, so honest
+    parameters never broadcast; forged ones could (a loc of N x 1 and a scale of 1 x N are
+    N^2 numbers as soon as the harness asks for a variance or a log-probability), and a
+    low-rank normal's constructor builds and factors a rank x rank matrix (a rank of
+    40000 in a 160 kB frame: 6.4 GB and minutes of Cholesky).
+    """
+    event = _EVENT_DIMS.get(name, {})
+    batch = set()
+    for p, t in params.items():
+        e = event.get(p, 0)
+        if t.dim() < e:
+            raise ProtocolError(f"{name}'s {p} needs at least {e} dimensions")
+        batch.add(tuple(t.shape[: t.dim() - e]))
+    if len(batch) > 1:
+        raise ProtocolError(f"{name}'s parameters have different batch shapes (no broadcasting)")
+    if name == "MultivariateNormal":
+        n = params["loc"].shape[-1]
+        if tuple(params["scale_tril"].shape[-2:]) != (n, n):
+            raise ProtocolError("MultivariateNormal's scale_tril must be n x n for a loc of n")
+    if name == "LowRankMultivariateNormal":
+        n, rank = params["cov_factor"].shape[-2:]
+        if params["loc"].shape[-1] != n or params["cov_diag"].shape[-1] != n or rank > n:
+            raise ProtocolError(
+                "LowRankMultivariateNormal needs loc and cov_diag of n and cov_factor of "
+                "n x rank with rank <= n"
+            )
+
+
+class _CompactPickler(pickle.Pickler):
+    """Pickles a tensor that views part of a larger storage as a copy of that part only.
+
+    A pickled tensor carries its whole storage: a training split sliced from an array that
+    also holds the test split, or a query sliced from the test set, would send all of it.
+    The codec sends only a view's own bytes; this keeps the pickle path (training views,
+    requests with a generator) to the same rule.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            isinstance(obj, torch.Tensor)
+            and obj.layout == torch.strided
+            and not obj.is_meta
+            and obj.untyped_storage().nbytes() > obj.numel() * obj.element_size()
+        ):
+            own = obj.detach().clone()
+            if isinstance(obj, torch.nn.Parameter):
+                own = torch.nn.Parameter(own, requires_grad=obj.requires_grad)
+            elif type(obj) is not torch.Tensor:
+                own = own.as_subclass(type(obj))
+            if obj.requires_grad and not own.requires_grad:
+                own.requires_grad_(True)
+            return own.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        return NotImplemented
 
 
 # --------------------------------------------------------------------------- endpoint
@@ -311,7 +404,9 @@ class Endpoint:
         try:
             frame = b"E" + encode(list(msg))
         except TypeError:
-            frame = b"P" + pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+            buf = io.BytesIO()
+            _CompactPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(msg)
+            frame = b"P" + buf.getvalue()
         self.conn.send_bytes(frame)
 
     def _recv(self) -> tuple:
@@ -325,8 +420,12 @@ class Endpoint:
         if tag != b"E":
             raise ProtocolError("a message from the plugin must use the plain-data codec")
         msg = decode(body)
-        if not isinstance(msg, list) or not msg or not isinstance(msg[0], str):
-            raise ProtocolError("a message from the plugin must be a list starting with its kind")
+        if not isinstance(msg, list) or len(msg) < 2 or not isinstance(msg[0], str):
+            # every kind (rep, err, req, progress) has a body: ["rep"] alone would be an
+            # IndexError in the harness, not a ProtocolError
+            raise ProtocolError(
+                "a message from the plugin must be a list: its kind, then its body"
+            )
         return tuple(msg)
 
     def expose(self, obj: Any) -> Ref:
@@ -352,7 +451,9 @@ class Endpoint:
             if kind == "rep":
                 return msg[1]
             if kind == "err":
-                raise PluginError(str(msg[1]))
+                raise PluginError(
+                    _printable(str(msg[1])) if not self.trusted_peer else str(msg[1])
+                )
             if kind == "req":
                 self._serve_one(msg[1], msg[2:])
             elif kind == "progress" and not self.trusted_peer:
@@ -371,10 +472,10 @@ class Endpoint:
         well_formed = (
             len(args) == 3
             and isinstance(args[0], str)
-            and all(isinstance(a, int) for a in args[1:])
-        )
+            and all(type(a) is int and 0 <= a < 2**53 for a in args[1:])
+        )  # a progress bar turns them into floats: 10**400 would overflow in the harness
         if well_formed and self.on_progress:
-            self.on_progress(args[0][:80], args[1], args[2])
+            self.on_progress(_printable(args[0][:80], keep=""), args[1], args[2])
 
     # -- serving ------------------------------------------------------------------------
     def serve_forever(self, handlers: dict[str, Callable[..., Any]]) -> None:
@@ -491,6 +592,15 @@ class Endpoint:
         if obj is None or not isinstance(name, str) or name.startswith("_"):
             raise ProtocolError(f"cannot read {name!r}")
         return _plain(getattr(obj, name, None))
+
+
+def _printable(text: str, keep: str = "\n\t") -> str:
+    """``text`` without control characters (but ``keep``): a plugin's error or progress text
+    is printed on the user's terminal, where escape sequences could clear it, retitle it or
+    forge lines of the run's output."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in keep else "?" for ch in text)
 
 
 def map_leaves(v: Any, leaf: Callable[[Any], Any]) -> Any:

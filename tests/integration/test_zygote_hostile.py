@@ -101,7 +101,8 @@ def test_concurrent_workers_share_no_channel(zygote):
 def test_concurrent_workers_cannot_signal_by_file_locks(zygote):
     """Shared read-only files could carry bits between the plugin and its cell's auditor (or
     two cells side by side) through locks or change notifications: the seccomp filter
-    (dltbench.seccomp) refuses them."""
+    (dltbench.seccomp) refuses them, kernel keys (a quota per user id, across namespaces) and
+    sleeping on shared futexes (keyed by the file they lie in)."""
     a, wa, left = _run(zygote, LEAVE)
     try:
         b, wb, found = _run(zygote, FIND)
@@ -110,8 +111,12 @@ def test_concurrent_workers_cannot_signal_by_file_locks(zygote):
         _end(zygote, a, wa)
     if seccomp.program() is None:
         pytest.skip("no seccomp filter for this machine's architecture")
-    assert {left[k] for k in ("flock", "lockf", "inotify")} == {os.strerror(errno.EPERM)}, left
+    refused = ("flock", "lockf", "inotify", "add_key")
+    assert {left[k] for k in refused} == {os.strerror(errno.EPERM)}, left
     assert not found["flock"] and found["flock_refused"], found
+    if os.uname().machine == "x86_64":  # the probes use x86-64's futex number
+        # the waiter neither sleeps nor is woken by the other worker's shared futex wakes
+        assert found["futex_wait"][0] == "EAGAIN" and found["futex_wait"][1] < 0.5, found
 
 
 def test_worker_does_not_outlive_its_cell(zygote):

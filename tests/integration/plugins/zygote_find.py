@@ -5,10 +5,15 @@ It prints one JSON line of what it found to its log."""
 # ruff: noqa: SIM115 - a probe: files opened and left to the process
 
 import ctypes
+import errno
 import fcntl
 import glob
 import json
+import mmap
 import os
+import time
+
+import numpy
 
 MARK = "dltleak"
 libc = ctypes.CDLL(None, use_errno=True)
@@ -74,4 +79,17 @@ with open(os.path.join(os.path.dirname(__file__), "zygote_leave.py")) as f:
         found["flock"] = True  # the other worker's lock is there: one bit received
     except PermissionError:
         found["flock_refused"] = True
+# The leaving worker wakes a shared futex on the first word of its file, again and again:
+# waiting on it here must not sleep (and so cannot be woken).
+with open(os.path.join(os.path.dirname(__file__), "zygote_leave.py"), "rb") as f:
+    words = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ, flags=mmap.MAP_PRIVATE)
+    first = numpy.frombuffer(words, dtype=numpy.uint32, count=1)
+    timeout = (ctypes.c_long * 2)(1, 0)  # one second
+    start = time.monotonic()
+    r = libc.syscall(202, ctypes.c_void_p(first.ctypes.data), 0, ctypes.c_uint(int(first[0])),
+                     timeout, None, 0)  # FUTEX_WAIT, not private
+    err = 0 if r == 0 else ctypes.get_errno()
+    found["futex_wait"] = ["woken" if r == 0 else errno.errorcode.get(err, str(err)),
+                           round(time.monotonic() - start, 2)]
+    del first
 print(json.dumps(found), flush=True)

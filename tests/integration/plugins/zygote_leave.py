@@ -7,9 +7,12 @@ and to outlive its cell. It prints one JSON line of what it managed to do to its
 import ctypes
 import fcntl
 import json
+import mmap
 import os
 import threading
 import time
+
+import numpy
 
 MARK = "dltleak"
 libc = ctypes.CDLL(None, use_errno=True)
@@ -75,6 +78,25 @@ for name, take in (("flock", lambda: fcntl.flock(_held, fcntl.LOCK_EX)),
     except OSError as exc:
         done[name] = exc.strerror
 
+
+# 6b. Kernel keys are charged to a quota per user id that every namespace shares: holding
+# keys until add_key fails with EDQUOT is a bit any concurrent worker can test.
+k = libc.syscall(248, b"user", b"dltquota", b"x", 1, ctypes.c_long(-2))  # process keyring
+done["add_key"] = "ok" if k > 0 else os.strerror(ctypes.get_errno())
+
+# 6c. A shared futex on a word of a file every worker maps is keyed by the file: waking it
+# over and over wakes a concurrent worker that waits on the same word (a bit per wake).
+_words = mmap.mmap(_held.fileno(), 0, prot=mmap.PROT_READ, flags=mmap.MAP_PRIVATE)
+_addr = ctypes.c_void_p(numpy.frombuffer(_words, dtype=numpy.uint32, count=1).ctypes.data)
+
+
+def _wake() -> None:
+    while True:  # x86-64's futex number; elsewhere it fails, and the test says so
+        libc.syscall(202, _addr, 1, 1, None, None, 0)  # FUTEX_WAKE, not private
+        time.sleep(0.002)
+
+
+threading.Thread(target=_wake, daemon=True).start()
 
 # 7. Undo the locked mounts: unmount them, remount the root read-write.
 done["umount_shm"] = "ok" if libc.umount2(b"/dev/shm", 2) == 0 else os.strerror(ctypes.get_errno())
