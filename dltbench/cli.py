@@ -613,6 +613,7 @@ def _run_with_progress(
         bars[cell] = progress.add_task(f"  {cell.label(task)}", total=None)
 
     def on_progress(cell: Cell, desc: str, done: int, total: int) -> None:
+        desc = escape(desc)  # a plugin's label must not restyle or fake the console's lines
         beat.progress(cell, desc, done, total)
         if cell in bars:
             progress.update(

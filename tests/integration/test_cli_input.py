@@ -279,6 +279,25 @@ def test_a_run_logged_to_a_file_prints_heartbeats(monkeypatch, capsys):
     assert "train 2/5" in beats[-1]
 
 
+def test_a_plugins_progress_label_cannot_fake_console_markup(monkeypatch, capsys):
+    import time
+
+    monkeypatch.setattr(cli, "HEARTBEAT_S", 0.2)
+    cell = plan(CERT, ["standard"], "quick", [0], smoke=True)[0]
+
+    def cells_(task, cells, opts, on_progress, on_start, on_result, on_skip=None):
+        on_start(cells[0])
+        on_progress(cells[0], "[/][green]ok[/] fake", 1, 2)
+        time.sleep(0.5)
+        on_result(cells[0], make_record(method="standard"))
+        return []
+
+    monkeypatch.setattr(cli, "run_cells", cells_)
+    cli._run_with_progress(CERT, [cell], cli.RunOptions())
+    beats = [x for x in capsys.readouterr().err.splitlines() if x.startswith("running ")]
+    assert beats and "[/][green]ok[/] fake 1/2" in beats[-1]  # printed as text, not styled
+
+
 def test_list_shows_no_description_for_a_class_without_a_docstring(capsys):
     import dltbench
     from dltbench.tasks.certified import CertifiedMethod

@@ -86,10 +86,13 @@ with open(os.path.join(os.path.dirname(__file__), "zygote_leave.py"), "rb") as f
     first = numpy.frombuffer(words, dtype=numpy.uint32, count=1)
     timeout = (ctypes.c_long * 2)(1, 0)  # one second
     start = time.monotonic()
-    r = libc.syscall(202, ctypes.c_void_p(first.ctypes.data), 0, ctypes.c_uint(int(first[0])),
-                     timeout, None, 0)  # FUTEX_WAIT, not private
+    r = libc.syscall(
+        202, ctypes.c_void_p(first.ctypes.data), 0, ctypes.c_uint(int(first[0])), timeout, None, 0
+    )  # FUTEX_WAIT, not private
     err = 0 if r == 0 else ctypes.get_errno()
-    found["futex_wait"] = ["woken" if r == 0 else errno.errorcode.get(err, str(err)),
-                           round(time.monotonic() - start, 2)]
+    found["futex_wait"] = [
+        "woken" if r == 0 else errno.errorcode.get(err, str(err)),
+        round(time.monotonic() - start, 2),
+    ]
     del first
 print(json.dumps(found), flush=True)
