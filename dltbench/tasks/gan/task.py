@@ -69,7 +69,8 @@ class GanConfig:
 # Quick budgets (issue 19): the whole quick run is ~60 s on an idle 2-core machine. Training
 # is nearly all of a cell's compute; N (and so every estimator's error) is kept. Digits has
 # 400 generator steps again since task version 2 (200 in version 1 left four of its six
-# methods within seed noise of each other); the time comes from KID's precomputed kernels.
+# methods within seed noise of each other): ~+12 s of the whole run, ~4 s of it paid back
+# by KID's precomputed kernels (docs/tasks/gan.md).
 _2D = dict(feature_net="identity", n_samples=1000, reference="test", n_train=2000, n_ref=1000,
            std=0.1, batch_size=64)  # fmt: skip
 _PROFILES = {
