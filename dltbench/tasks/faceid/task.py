@@ -52,7 +52,7 @@ class FaceIDConfig:
 
 
 _PROFILES = {
-    "quick": dict(dataset="synthetic", arch="small-cnn-16", embedding_dim=64, epochs=5,
+    "quick": dict(dataset="synthetic", arch="small-cnn-16", embedding_dim=64, epochs=8,
                   batch_size=128, attack_pairs=100, attack_steps=5, linf_eps=0.01, l2_eps=0.25,
                   nc_images_per_identity=12),
     "standard": dict(dataset="lfw", arch="small-cnn", embedding_dim=128, epochs=30,
@@ -169,7 +169,7 @@ class FaceIDTask(Task):
     """Open-set face verification: 10-fold LFW-protocol accuracy of cosine scores on unseen identities."""
 
     name = "faceid"
-    version = "2"
+    version = "3"
     description = (
         "face verification on held-out identities (LFW 10-fold), neural collapse, attacks"
     )

@@ -135,19 +135,26 @@ def fid_infinity(
     return float(intercept), values
 
 
+#: Largest number of kernel entries (x-x, y-y and x-y together) :func:`kid` precomputes
+#: (float64: 200 MB); above it, each subset's kernels are computed on their own.
+KID_KERNEL_CACHE = 25_000_000
+
+
+def _cubic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The KID kernel matrix (a.b/d + 1)^3, (len(a), len(b))."""
+    k = a @ b.T
+    k /= a.shape[1]
+    k += 1.0
+    return k * k * k  # products, not ** 3: numpy's float power is ~10x slower
+
+
 def polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD^2 of two equal-size sets (m, d) with the kernel (x.y/d + 1)^3."""
     m, d = x.shape
     if y.shape != (m, d) or m < 2:
         raise ValueError("the unbiased estimator needs two sets of the same size m >= 2")
 
-    def cubic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        k = a @ b.T
-        k /= d
-        k += 1.0
-        return k * k * k  # products, not ** 3: numpy's float power is ~10x slower
-
-    kxx, kyy, kxy = cubic(x, x), cubic(y, y), cubic(x, y)
+    kxx, kyy, kxy = _cubic(x, x), _cubic(y, y), _cubic(x, y)
     off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     return float(off - 2.0 * kxy.sum() / (m * m))
 
@@ -174,10 +181,25 @@ def kid(
         # invariant: all subsets give this one value (std 0), so compute it once.
         return polynomial_mmd2(a, b), 0.0
     vals = np.empty(int(subsets))
+    if len(a) ** 2 + len(b) ** 2 + len(a) * len(b) > KID_KERNEL_CACHE:
+        for i in range(int(subsets)):
+            xs = a[rng.choice(len(a), m, replace=False)]
+            ys = b[rng.choice(len(b), m, replace=False)]
+            vals[i] = polynomial_mmd2(xs, ys)
+        return float(vals.mean()), float(vals.std())
+    # The same subsets and estimator, from the kernels of the whole sets computed once: a
+    # subset's kernel sums are u^T K v with 0/1 indicator vectors (m distinct rows each),
+    # O(N^2) a subset instead of O(m^2 d) (digits: 100 subsets in ~0.1 s instead of ~2 s).
+    kaa, kbb, kab = _cubic(a, a), _cubic(b, b), _cubic(a, b)
+    da, db = np.diagonal(kaa), np.diagonal(kbb)
     for i in range(int(subsets)):
-        xs = a[rng.choice(len(a), m, replace=False)]
-        ys = b[rng.choice(len(b), m, replace=False)]
-        vals[i] = polynomial_mmd2(xs, ys)
+        ix = rng.choice(len(a), m, replace=False)
+        iy = rng.choice(len(b), m, replace=False)
+        u, v = np.zeros(len(a)), np.zeros(len(b))
+        u[ix], v[iy] = 1.0, 1.0
+        kxx, kyy, kxy = u @ kaa @ u, v @ kbb @ v, u @ kab @ v
+        off = (kxx - da[ix].sum() + kyy - db[iy].sum()) / (m * (m - 1))
+        vals[i] = off - 2.0 * kxy / (m * m)
     return float(vals.mean()), float(vals.std())
 
 
