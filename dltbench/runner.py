@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from filelock import FileLock, Timeout
 
 from . import __version__, registry
@@ -435,6 +436,9 @@ def _child(
 
     try:
         torch.set_num_threads(n_threads)
+        # numpy/scipy's BLAS too: with more threads than the cell's share of cores, cells
+        # side by side spin against each other (a 64x64 eigh ran 100x slower under load).
+        threadpool_limits(n_threads)
         for module in opts.import_modules:
             importlib.import_module(module)
         # A fresh child knows only the built-ins; plugin methods come as stubs (their code
