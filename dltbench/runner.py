@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 from filelock import FileLock, Timeout
+from threadpoolctl import threadpool_limits
 
 from . import __version__, registry
 from .api import (

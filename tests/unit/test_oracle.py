@@ -336,3 +336,34 @@ def test_progress_counts_that_no_float_holds_are_dropped():
     plugin.send_bytes(b"E" + encode(["rep", None]))
     assert harness.request("call", 1, "forward", [], {}, False) is None
     assert seen == [(1, 2)]
+
+
+def test_the_auditor_compares_a_shared_answer_whole_even_when_its_length_is_the_batch_size():
+    """A prior's mean is shared by every row, shape (L,): with L equal to the batch size it
+    looked per-row, was cut to the audited rows and called a batch-dependent answer."""
+    from dltbench.api import InvalidArtifact
+    from dltbench.oracle import Auditor
+
+    latent = 8
+
+    class Fresh:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def call(self, method, *args):
+            return self.fn(*args)
+
+    def prior(y):  # the same N(0, I) for every label
+        zeros = torch.zeros(latent)
+        return torch.distributions.Independent(torch.distributions.Normal(zeros, 1 + zeros), 1)
+
+    y = torch.arange(latent)  # a batch of exactly L labels
+    for seed in range(5):
+        Auditor(Fresh(prior), torch.Generator().manual_seed(seed)).maybe("prior", (y,), prior(y))
+
+    def peeking(y):  # per-row answers that depend on the batch: still caught
+        return torch.full((len(y), 2), float(len(y)))
+
+    bad = Auditor(Fresh(peeking), torch.Generator().manual_seed(0))
+    with pytest.raises(InvalidArtifact, match="audit"):
+        bad.maybe("__call__", (y,), peeking(y))
