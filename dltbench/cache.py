@@ -63,9 +63,18 @@ def write_atomic(path: Path, data: bytes) -> None:
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path``.lock: cells of one run that need the same entry wait
-    for the first to make it instead of making it twice; released when the holder exits or dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a+b") as f:
+    for the first to make it instead of making it twice; released when the holder exits or dies.
+
+    Where the cache folder cannot be written, nothing is locked: each cell makes its own
+    entry (time, not correctness), as the write that follows cannot share it either.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_suffix(".lock"), "a+b")  # noqa: SIM115 - closed below
+    except OSError:
+        yield
+        return
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

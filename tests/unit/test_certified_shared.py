@@ -64,3 +64,21 @@ def test_the_key_changes_with_everything_the_weights_depend_on(configs):
                                       "cpu")  # fmt: skip
     other = dataclasses.replace(data.train, x=data.train.x.flip(0))
     assert key != shared.training_key(ident, 7, cfg, other, "cpu")
+
+
+def test_an_unwritable_cache_locks_nothing_and_the_work_goes_on(tmp_path):
+    """A cache folder that cannot be made (here: under a file) must cost time, not the cell."""
+    from dltbench.cache import locked, write_atomic
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = blocker / "certified-models" / "entry.pt"
+    ran = []
+    with locked(path):
+        ran.append(True)
+    assert ran == [True]
+    with pytest.raises(OSError):  # the store that follows fails, and its callers suppress it
+        write_atomic(path, b"x")
+    good = tmp_path / "cache" / "entry.pt"
+    with locked(good):
+        assert good.with_suffix(".lock").exists()  # a writable cache is locked as before
