@@ -120,8 +120,8 @@ class MethodGenerator:
 # --------------------------------------------------------------------------- codec
 
 
-#: torch dtype -> (numpy name, numpy dtype) of what a tensor is sent as.
-_TORCH_WIRE = {getattr(torch, n): (n, np.dtype(t)) for n, t in _DTYPES.items()}
+#: torch dtype -> the numpy name a tensor of it is sent as.
+_TORCH_NAMES = {getattr(torch, n): n for n in _DTYPES}
 _NP_DTYPES = {n: np.dtype(t) for n, t in _DTYPES.items()}
 # One encoder, made once: json.dumps with non-default arguments builds a new one per call,
 # and the sampler's oracle sends tens of thousands of small messages per cell.
@@ -139,15 +139,11 @@ _JSON_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 def _enc(o: Any, buffers: list) -> Any:
     if isinstance(o, torch.Tensor):
         t = o.detach()
-        wire = _TORCH_WIRE.get(t.dtype)
-        if wire is None:  # bfloat16, complex and the like go as float32 or are refused
-            t = t.float() if t.dtype == torch.bfloat16 else t
-            a = t.cpu().contiguous().numpy()
-            if a.dtype.name not in _DTYPES:
-                raise TypeError(f"tensor dtype {t.dtype} cannot cross the plugin boundary")
-            name = a.dtype.name
-        else:
-            a, name = t.cpu().contiguous().numpy(), wire[0]
+        t = t.float() if t.dtype == torch.bfloat16 else t  # numpy has no bfloat16
+        name = _TORCH_NAMES.get(t.dtype)
+        if name is None:
+            raise TypeError(f"tensor dtype {t.dtype} cannot cross the plugin boundary")
+        a = t.cpu().contiguous().numpy()
         buffers.append(memoryview(a).cast("B") if a.size else b"")
         return {"__t__": len(buffers) - 1, "dtype": name, "shape": list(a.shape)}
     if isinstance(o, (bool, str)) or o is None:

@@ -29,7 +29,8 @@ import struct
 
 # struct seccomp_data: int nr; u32 arch; u64 instruction_pointer; u64 args[6]
 _NR, _ARCH, _ARG1_LOW = 0, 4, 24  # args[1]'s low 32 bits (little-endian hosts)
-_LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _AND_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x54, 0x06
+#: BPF opcodes: load word at absolute offset, AND constant, return, jumps on a constant.
+_OPCODES = {"ld": 0x20, "and": 0x54, "ret": 0x06, "jeq": 0x15, "jge": 0x35, "jset": 0x45}
 _ALLOW, _ERRNO = 0x7FFF0000, 0x00050000
 _EPERM, _EAGAIN, _ENOSYS = 1, 11, 38
 _X32_BIT = 0x40000000
@@ -93,19 +94,11 @@ def _assemble(code: list[tuple]) -> bytes:
         else:
             insns.append(op)
     out = []
-    for i, op in enumerate(insns):
-        if op[0] == "ld":
-            out.append(struct.pack("=HBBI", _LD_W_ABS, 0, 0, op[1]))
-        elif op[0] == "ret":
-            out.append(struct.pack("=HBBI", _RET_K, 0, 0, op[1]))
-        elif op[0] == "and":
-            out.append(struct.pack("=HBBI", _AND_K, 0, 0, op[1]))
-        else:
-            jt, jf = (0 if t is None else labels[t] - i - 1 for t in op[2:])
-            if not (0 <= jt < 256 and 0 <= jf < 256):
-                raise ValueError("seccomp jump out of range")
-            code = {"jeq": _JEQ_K, "jge": _JGE_K, "jset": _JSET_K}[op[0]]
-            out.append(struct.pack("=HBBI", code, jt, jf, op[1]))
+    for i, (op, k, *targets) in enumerate(insns):
+        jt, jf = (0 if t is None else labels[t] - i - 1 for t in targets) if targets else (0, 0)
+        if not (0 <= jt < 256 and 0 <= jf < 256):
+            raise ValueError("seccomp jump out of range")
+        out.append(struct.pack("=HBBI", _OPCODES[op], jt, jf, k))
     return b"".join(out)
 
 
