@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing.connection import Connection
@@ -164,6 +165,23 @@ def bwrap_command(
     return args, pythonpath
 
 
+@contextlib.contextmanager
+def _confined(
+    scratch: Path,
+    plugin_files: tuple[str, ...],
+    modules: tuple[str, ...],
+    attachments: tuple[str, ...],
+    read_only_root: bool = False,
+) -> Iterator[tuple[list[str], list[str], list[int]]]:
+    """:func:`bwrap_command` with the seccomp filter: (prefix, PYTHONPATH entries, descriptors
+    to pass to the process), valid until the process is started inside the block."""
+    with seccomp.program_fd() as sfd:
+        prefix, pythonpath = bwrap_command(
+            scratch, plugin_files, modules, attachments, read_only_root, seccomp_fd=sfd
+        )
+        yield prefix, pythonpath, [] if sfd is None else [sfd]
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -255,21 +273,19 @@ class PluginProcess:
         cmd = [sys.executable, "-m", "dltbench.worker", str(theirs.fileno()), str(threads)]
         self.log_path = self.scratch / "worker.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
-        with seccomp.program_fd() if use_bwrap else contextlib.nullcontext() as sfd:
-            if use_bwrap:
-                prefix, pythonpath = bwrap_command(
-                    self.scratch, plugin_files, import_modules, attachments, seccomp_fd=sfd
-                )
-                cmd = prefix + cmd
-            else:
-                pythonpath = [str(_package_dir().parent)] + [
-                    str(root) for _, root in _module_roots(import_modules)
-                ]
+        unconfined = [str(_package_dir().parent)] + [
+            str(root) for _, root in _module_roots(import_modules)
+        ]
+        launch = (
+            _confined(self.scratch, plugin_files, import_modules, attachments)
+            if use_bwrap
+            else contextlib.nullcontext(([], unconfined, []))
+        )
+        with launch as (prefix, pythonpath, fds):
             env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
             self.proc = subprocess.Popen(
-                cmd, pass_fds=[theirs.fileno(), *([sfd] if sfd is not None else [])],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env=env, cwd=str(self.scratch), start_new_session=True,
+                prefix + cmd, pass_fds=[theirs.fileno(), *fds], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, env=env, cwd=str(self.scratch), start_new_session=True,
                 preexec_fn=_limits(memory_mb, device.type == "cpu"),
             )  # fmt: skip
         log.close()
@@ -382,15 +398,13 @@ class Zygote:
         env = _worker_env(self.scratch, 1)
         cmd = [sys.executable, "-m", "dltbench.zygote", str(theirs.fileno()), str(self.scratch)]
         log = open(self.scratch / "zygote.log", "wb")  # noqa: SIM115 - the child holds it
-        with seccomp.program_fd() as sfd:  # the zygote's forked workers inherit the filter
-            prefix, pythonpath = bwrap_command(
-                self.scratch, plugin_files, import_modules, attachments, read_only_root=True,
-                seccomp_fd=sfd,
-            )  # fmt: skip
+        # the zygote's forked workers inherit its seccomp filter
+        with _confined(
+            self.scratch, plugin_files, import_modules, attachments, read_only_root=True
+        ) as (prefix, pythonpath, fds):
             env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
             self.proc = subprocess.Popen(
-                prefix + cmd + list(packages),
-                pass_fds=[theirs.fileno(), *([sfd] if sfd is not None else [])],
+                prefix + cmd + list(packages), pass_fds=[theirs.fileno(), *fds],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(self.scratch),
                 start_new_session=True, preexec_fn=_limits(None, self.cpu_only),
             )  # fmt: skip
