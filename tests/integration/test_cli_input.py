@@ -256,7 +256,8 @@ def test_heartbeat_names_running_cells_with_progress_and_elapsed():
     assert beat.lines() == []
 
 
-def test_a_run_logged_to_a_file_prints_heartbeats(monkeypatch, capsys):
+def _heartbeats(monkeypatch, capsys, label: str, done: int, total: int) -> list[str]:
+    """The heartbeat lines of a run (logged to a file) whose one cell reports ``label``."""
     import time
 
     monkeypatch.setattr(cli, "HEARTBEAT_S", 0.2)
@@ -264,7 +265,7 @@ def test_a_run_logged_to_a_file_prints_heartbeats(monkeypatch, capsys):
 
     def slow_cells(task, cells, opts, on_progress, on_start, on_result, on_skip=None):
         on_start(cells[0])
-        on_progress(cells[0], "train", 2, 5)
+        on_progress(cells[0], label, done, total)
         time.sleep(0.7)
         on_result(cells[0], make_record(method="standard"))
         return []
@@ -272,7 +273,11 @@ def test_a_run_logged_to_a_file_prints_heartbeats(monkeypatch, capsys):
     monkeypatch.setattr(cli, "run_cells", slow_cells)
     assert not cli.err.is_terminal  # captured: as in a log file or CI
     cli._run_with_progress(CERT, [cell], cli.RunOptions())
-    beats = [x for x in capsys.readouterr().err.splitlines() if x.startswith("running ")]
+    return [x for x in capsys.readouterr().err.splitlines() if x.startswith("running ")]
+
+
+def test_a_run_logged_to_a_file_prints_heartbeats(monkeypatch, capsys):
+    beats = _heartbeats(monkeypatch, capsys, "train", 2, 5)
     assert beats and beats[0].startswith(
         "running standard dataset=digits noise=gaussian sigma=0.25 norm=l2 seed=0: "
     )
@@ -280,21 +285,7 @@ def test_a_run_logged_to_a_file_prints_heartbeats(monkeypatch, capsys):
 
 
 def test_a_plugins_progress_label_cannot_fake_console_markup(monkeypatch, capsys):
-    import time
-
-    monkeypatch.setattr(cli, "HEARTBEAT_S", 0.2)
-    cell = plan(CERT, ["standard"], "quick", [0], smoke=True)[0]
-
-    def cells_(task, cells, opts, on_progress, on_start, on_result, on_skip=None):
-        on_start(cells[0])
-        on_progress(cells[0], "[/][green]ok[/] fake", 1, 2)
-        time.sleep(0.5)
-        on_result(cells[0], make_record(method="standard"))
-        return []
-
-    monkeypatch.setattr(cli, "run_cells", cells_)
-    cli._run_with_progress(CERT, [cell], cli.RunOptions())
-    beats = [x for x in capsys.readouterr().err.splitlines() if x.startswith("running ")]
+    beats = _heartbeats(monkeypatch, capsys, "[/][green]ok[/] fake", 1, 2)
     assert beats and "[/][green]ok[/] fake 1/2" in beats[-1]  # printed as text, not styled
 
 
