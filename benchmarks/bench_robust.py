@@ -9,8 +9,8 @@ from dltbench.tasks.robust import AttackTask, RobustTask, default_ensemble, pgd,
 from dltbench.tasks.robust.sparse import sparse_rs
 
 DEFENSES = ["standard", "fgsm-at", "pgd-at", "trades"]
-NORMS = ["linf", "l2", "l0", "patch"]
-ATTACKS = ["fgsm", "pgd", "apgd-ce", "apgd-t", "cw", "square", "sparse-rs", "universal"]
+NORMS = ["linf", "l2", "l0", "patch", "physical-linf"]
+ATTACKS = ["fgsm", "pgd", "apgd-ce", "apgd-t", "cw", "square", "sparse-rs", "universal", "eot-pgd"]
 
 
 def _run(task_name, methods):
@@ -59,13 +59,15 @@ class TrackRobust:
     track_robust_top3_acc.unit = "fraction"
 
     def track_uap_fooling_rate(self, cache, method, norm):
-        return cache[(method, norm)]["uap_fooling_rate"]
+        # NaN on physical rows: no universal perturbation there
+        return cache[(method, norm)].get("uap_fooling_rate", float("nan"))
 
     track_uap_fooling_rate.unit = "fraction"
 
     def track_uap_transfer_acc(self, cache, method, norm):
-        # NaN for the reference defenses at seed 0: their sources are themselves
-        return cache[(method, norm)]["uap_transfer_acc"]
+        # NaN for the reference defenses at seed 0 (their sources are themselves) and on
+        # physical rows
+        return cache[(method, norm)].get("uap_transfer_acc", float("nan"))
 
     track_uap_transfer_acc.unit = "fraction"
 

@@ -39,6 +39,7 @@ from ...cache import cache_dir, code_version, locked, write_atomic
 from ...oracle import Exposed, MethodGenerator, RemoteObject
 from ...registry import register_task
 from .evaluate import BUDGET_TOL, CountingModel, model_fingerprint, verify_perturbation
+from .physical import SCORE_DRAWS, SELECT_DRAWS, WORLDS, world_scores
 from .task import (
     RobustConfig,
     RobustTask,
@@ -92,10 +93,13 @@ class AttackMethod(Method):
 
         ``model`` (eval mode) maps (N, C, H, W) in [0, 1] to logits; ``y`` are the true
         labels; ``norm`` is one of the class's ``norms`` ("linf", "l2", "l0" with eps a
-        count k of changed pixels, a pixel being all channels at one location, or "patch"
-        with eps the area of one square, side isqrt(eps), anywhere in the image); draw
-        randomness from ``generator`` (on x's device). The harness verifies every point
-        (the l0 count exactly) and scores x_adv on its own copy.
+        count k of changed pixels, a pixel being all channels at one location, "patch"
+        with eps the area of one square, side isqrt(eps), anywhere in the image, or a
+        physical threat model such as "physical-linf": the ball of
+        ``physical.WORLDS[norm][0]``, after which the world applies a transformation of the
+        family ``physical.WORLDS[norm][1]`` drawn by the harness); draw randomness from
+        ``generator`` (on x's device). The harness verifies every point (the l0 count
+        exactly) and scores x_adv on its own copy (a physical one through its own draws).
         """
 
 
@@ -172,7 +176,7 @@ def _reference_model(name, data, config, ctx, use_cache):
     key = reference_key(name, data, config, ctx.device)
     path = cache_dir(CACHE_KIND) / f"{code_version()}-{name}-{key}.pt"
     # cells of one run that need the same reference wait for the first to train it
-    with _lock(path):
+    with locked(path):
         if path.exists():
             model = _load_cached(path, skeleton)
             if model is not None:
@@ -181,16 +185,6 @@ def _reference_model(name, data, config, ctx, use_cache):
         with contextlib.suppress(OSError):  # a read-only or full cache costs time, not correctness
             _store(path, model)
     return model, False
-
-
-def _lock(path: Path):
-    """:func:`dltbench.cache.locked` on ``path``, or no lock where the cache is not writable."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".lock").touch()
-    except OSError:
-        return contextlib.nullcontext()
-    return locked(path)
 
 
 def _train_reference(name, data, config, ctx) -> nn.Module:
@@ -229,7 +223,7 @@ class AttackTask(Task):
     """Attacks: robust accuracy they leave on reference defenses at fixed (norm, eps), and their cost."""
 
     name = "attack"
-    version = "2"
+    version = "3"  # 3: physical-linf rows (the world's draws score x_adv)
     description = "attacks scored by the robust accuracy they leave on reference defenses"
     method_type = AttackMethod
     protocol = "perturb"
@@ -282,6 +276,7 @@ class AttackTask(Task):
             )
         pts = test_points(data, config)
         x, y = pts.x.to(ctx.device), pts.y.to(ctx.device)
+        world = WORLDS.get(config.norm)
         metrics: dict[str, float] = {}
         per_defense = {}
         forwards = backwards = attacked = 0
@@ -292,22 +287,28 @@ class AttackTask(Task):
             with torch.no_grad():
                 clean = model(x).argmax(1) == y
             robust = clean.clone()
+            x_adv = x.clone()
             # The attack runs in the plugin process and reaches this model only through
             # the oracle: logits and input gradients, counted here.
             counted = CountingModel(copy.deepcopy(model)).eval()
             perturb = _perturber(artifact, counted, config, ctx)
-            idx = clean.nonzero().flatten()
+            # through the world a digitally wrong point can be right: attack every point
+            idx = torch.arange(len(y), device=x.device) if world else clean.nonzero().flatten()
             for s in range(0, len(idx), config.batch_size):
                 b = idx[s : s + config.batch_size]
                 ctx.progress(f"attack {name}", s, len(idx))
                 start = time.perf_counter()
                 xa = perturb(x[b].clone(), y[b].clone())
                 seconds += time.perf_counter() - start
-                xa = verify_perturbation(
+                x_adv[b] = verify_perturbation(
                     xa, x[b], config.eps, config.norm, who=f"the attack (on {name})"
                 )
                 with torch.no_grad():
-                    robust[b] = model(xa).argmax(1) == y[b]
+                    robust[b] = model(x_adv[b]).argmax(1) == y[b]
+            if world:  # the harness's draws, made after the attack returned
+                res = world_scores(model, y, {"clean": x, "attack": x_adv}, world[1],
+                                   ctx.device_generator(), (1,), batch_size=config.batch_size)  # fmt: skip
+                clean, robust = torch.as_tensor(res.clean), torch.as_tensor(res.robust)
             forwards, backwards, attacked = (
                 forwards + counted.forwards,
                 backwards + counted.backwards,
@@ -320,7 +321,8 @@ class AttackTask(Task):
                 "seed": REFERENCE_SEED, "fingerprint": model_fingerprint(model, tuple(x.shape[1:])),
                 "cached": cached,
                 "clean_acc": float(clean.float().mean()), "robust_acc": metrics[f"robust_acc_{name}"],
-                "robust": robust.int().cpu().tolist(),
+                # physical rows: each point's expected accuracy through the world (floats)
+                "robust": robust.tolist() if world else robust.int().cpu().tolist(),
             }  # fmt: skip
         metrics["robust_acc"] = float(
             np.mean([metrics[f"robust_acc_{d}"] for d in config.reference_defenses])
@@ -330,7 +332,9 @@ class AttackTask(Task):
         metrics["ms_per_point"] = 1000 * seconds / max(1, attacked)
         estimator = {
             "test_points": len(y), "test_selection": f"first {config.n_test} points of the fixed test split",
-            "attacked_points": "only points the defense classifies correctly; cost is per attacked point",
+            "attacked_points": ("every point (the world decides correctness)" if world else
+                                "only points the defense classifies correctly")
+                               + "; cost is per attacked point",
             "reference_defenses": list(config.reference_defenses),
             "reference_training": f"robust-task method with the contexts of cell seed {REFERENCE_SEED}; "
                                   "built-ins trained once per code version and cached by content hash",
@@ -339,4 +343,10 @@ class AttackTask(Task):
                                 else "none: pixels counted exactly",
             "pass_counting": "images through the model forward / through a backward pass",
         }  # fmt: skip
+        if world:
+            estimator["world_scoring"] = (
+                f"x and x_adv meet the same transformations, drawn from the evaluation's stream "
+                f"after the attack returned; a point's worse candidate is picked on {SELECT_DRAWS} "
+                f"draws and scored on {SCORE_DRAWS} independent ones (robust_acc: mean score)"
+            )
         return Evaluation(metrics, {"per_defense": per_defense}, estimator)

@@ -5,7 +5,10 @@ An ``attack`` record counts for a ``robust`` record when it attacked the same de
 config, trained with the same seed. When the attacked weights are the very ones the
 ``robust`` cell scored (same fingerprint), the two per-point outcomes are combined
 (a point is robust only if the ensemble and the attack both failed on it); otherwise
-the attack's own robust accuracy is a bound for that seed. A row's ``robust_acc`` is
+the attack's own robust accuracy is a bound for that seed. On physical rows the per-point
+numbers are expected accuracies estimated on each cell's own draws of the world: their
+pointwise minimum would be biased low (the minimum of noisy estimates), so there the
+attack's robust accuracy is a bound even on the same weights. A row's ``robust_acc`` is
 then the mean over its seeds of the lowest known number; ``robust_acc_harness_mean``
 keeps the ensemble's own, and ``broken_by`` names the attacks that lowered it.
 
@@ -22,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ...api import Result
+from .physical import WORLDS
 
 
 def _matches(attack: Result, defense: Result) -> dict | None:
@@ -37,7 +41,10 @@ def _matches(attack: Result, defense: Result) -> dict | None:
 
 def lowest_known(defense: Result, attacks: list[Result]) -> tuple[float, set[str]]:
     """The lowest robust accuracy known for one ``robust`` record, and the attacks that found it."""
-    base = np.asarray(defense.curves.get("per_point", {}).get("robust", []), dtype=bool)
+    per_point = (defense.config or {}).get("norm") not in WORLDS
+    base = np.asarray(
+        defense.curves.get("per_point", {}).get("robust", []) if per_point else [], dtype=bool
+    )
     current = base.copy()
     bound = (
         float(defense.metrics.get("robust_acc") or 0.0) if not len(base) else float(base.mean())
@@ -48,15 +55,14 @@ def lowest_known(defense: Result, attacks: list[Result]) -> tuple[float, set[str
         if entry is None:
             continue
         mask = np.asarray(entry.get("robust", []), dtype=bool)
-        if entry.get("fingerprint") == defense.curves.get("model_fingerprint") and len(
-            mask
-        ) == len(current):
+        same_weights = entry.get("fingerprint") == defense.curves.get("model_fingerprint")
+        if per_point and same_weights and len(mask) == len(current):
             if (current & mask).sum() < current.sum():
                 found.add(a.method)
             current &= mask
         elif entry.get("robust_acc") is not None and entry["robust_acc"] < bound:
             bound = float(entry["robust_acc"])
-            found.add(f"{a.method} (retrained weights)")
+            found.add(a.method if same_weights else f"{a.method} (retrained weights)")
     known = min(float(current.mean()) if len(current) else bound, bound)
     return known, found
 

@@ -27,6 +27,7 @@ from torch import nn
 from ...api import InvalidArtifact
 from .apgd import apgd, apgd_targeted
 from .attacks import pgd
+from .physical import digital_norm
 from .sparse import sparse_rs
 from .square import square
 from .threat import COUNT_NORMS, budget_bound, check_norm, label_rank, lp_norm
@@ -103,7 +104,9 @@ def verify_perturbation(
     Checks: a tensor of x's shape and dtype, finite, inside [0, 1], and
     ||x_adv - x||_p <= eps + BUDGET_TOL for every point; for l0, at most int(eps) changed
     pixels, counted exactly (a pixel is all channels at one location; any difference counts).
+    A physical threat model's budget is its digital ball (:func:`~.physical.digital_norm`).
     """
+    norm = digital_norm(norm)
     if not isinstance(x_adv, torch.Tensor):
         raise InvalidArtifact(f"{who} returned {type(x_adv).__name__}, not a torch.Tensor")
     if x_adv.shape != x.shape:
@@ -254,9 +257,9 @@ def robust_accuracy(
 
 
 def masking_flags(
-    result: RobustResult,
+    result: RobustResult | None,
     eps_curve: Mapping[float, float],
-    large_eps_accuracy: float,
+    large_eps_accuracy: float | None,
     eps: float,
     square_only_threshold: float = 0.02,
     norm: str = "linf",
@@ -272,9 +275,10 @@ def masking_flags(
 
     For ``norm`` "l0" the first check is not made: random search beats PGD-l0 on
     undefended models too (Croce et al. 2022), so it says nothing about masking there.
+    A check whose input is None (no ensemble result, no large-eps run) is not made.
     """
     flags = []
-    square_only = result.only_broken_by(GRADIENT_FREE)
+    square_only = result.only_broken_by(GRADIENT_FREE) if result is not None else []
     if norm != "l0" and len(square_only) and square_only.mean() >= square_only_threshold:
         flags.append("gradient-free-beats-gradient")
     curve = sorted(eps_curve.items())
@@ -284,7 +288,7 @@ def masking_flags(
     flat = at is not None and at >= 0.05 and curve[-1][0] > eps and curve[-1][1] >= at
     if rises or flat:
         flags.append("no-decrease-with-eps")
-    if large_eps_accuracy > 0:
+    if large_eps_accuracy is not None and large_eps_accuracy > 0:
         flags.append("robust-at-large-eps")
     return flags
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -13,13 +15,15 @@ from .apgd import apgd, apgd_targeted
 from .attack_task import AttackMethod
 from .attacks import fgsm, pgd, universal
 from .defenses import fgsm_at_loss, pgd_at_loss, standard_loss, trades_loss
+from .physical import WORLDS, digital_norm, eot_pgd
 from .sparse import sparse_rs
 from .square import square
 from .task import DefenseMethod, RobustConfig
 
 #: Threat models of the gradient attacks that have a pixel-budget form (PGD-l0 steps and the
-#: exact l0 or patch projection).
-ALL_NORMS = ("linf", "l2", "l0", "patch")
+#: exact l0 or patch projection), and the physical ones, which they attack digitally (in the
+#: ball, ignoring the world: the baseline EOT is measured against).
+ALL_NORMS = ("linf", "l2", "l0", "patch", *WORLDS)
 
 
 class _Trained(DefenseMethod):
@@ -35,6 +39,8 @@ class _Trained(DefenseMethod):
 
     def train(self, data: ImageDataset, config: RobustConfig, ctx: Context) -> nn.Module:
         """Train the reference classifier for ``config.epochs`` with this defense's loss."""
+        # a physical row's budget is its digital ball; the built-ins train for the ball alone
+        config = dataclasses.replace(config, norm=digital_norm(config.norm))
         model = default_classifier(data.shape, data.num_classes)
         return fit_classifier(
             model, data.train, self.loss(config), ctx, config.epochs, self.batch_size, self.lr
@@ -102,7 +108,7 @@ class FGSM(AttackMethod):
 
     def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
         """One step on the cross-entropy."""
-        return fgsm(model, x, y, eps, norm, generator)
+        return fgsm(model, x, y, eps, digital_norm(norm), generator)
 
 
 @register_method(task="attack", name="pgd")
@@ -118,7 +124,16 @@ class PGD(AttackMethod):
 
     def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
         """Projected gradient ascent."""
-        return pgd(model, x, y, eps, norm, generator, steps=self.steps, restarts=self.restarts)
+        return pgd(
+            model,
+            x,
+            y,
+            eps,
+            digital_norm(norm),
+            generator,
+            steps=self.steps,
+            restarts=self.restarts,
+        )
 
 
 @register_method(task="attack", name="cw")
@@ -135,8 +150,9 @@ class CW(AttackMethod):
     def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
         """Projected gradient ascent on the margin."""
         return pgd(
-            model, x, y, eps, norm, generator, steps=self.steps, restarts=self.restarts, loss="cw"
-        )
+            model, x, y, eps, digital_norm(norm), generator, steps=self.steps,
+            restarts=self.restarts, loss="cw",
+        )  # fmt: skip
 
 
 @register_method(task="attack", name="apgd-ce")
@@ -199,7 +215,7 @@ class Universal(AttackMethod):
 
     def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
         """A single input-agnostic perturbation for all points of the batch."""
-        return universal(model, x, y, eps, norm, generator, steps=self.steps)
+        return universal(model, x, y, eps, digital_norm(norm), generator, steps=self.steps)
 
 
 @register_method(task="attack", name="sparse-rs")
@@ -218,3 +234,23 @@ class SparseRS(AttackMethod):
         return sparse_rs(
             model, x, y, eps, norm, generator, queries=self.queries, alpha_init=self.alpha_init
         )
+
+
+@register_method(task="attack", name="eot-pgd")
+class EOTPGD(AttackMethod):
+    """EOT-PGD (Athalye et al. 2018): PGD on the loss averaged over draws of the world's transformations."""
+
+    version = "1"
+    norms = tuple(WORLDS)
+
+    def __init__(self, steps: int = 20, samples: int = 8):
+        self.steps = steps
+        self.samples = samples
+
+    def perturb(self, model, x, y, eps, norm, generator) -> torch.Tensor:
+        """Signed-gradient ascent on E_t CE(model(t(x_adv)), y), ``samples`` draws of t per step."""
+        budget, family = WORLDS[norm]
+        return eot_pgd(
+            model, x, y, eps, budget, generator, steps=self.steps, samples=self.samples,
+            family=family,
+        )  # fmt: skip

@@ -12,23 +12,32 @@ here, :class:`TransformFamily`, applied in this order to a batch (N, C, H, W) in
 3. Gaussian pixel noise of standard deviation ``noise``;
 4. clipping to [0, 1].
 
-Every step is differentiable in x. Library use only so far (no leaderboard setting):
+Every step is differentiable in x.
 
-    from dltbench.tasks.robust.physical import TransformFamily, eot_pgd
+A **physical threat model** (``WORLDS``, e.g. ``"physical-linf"``) is a digital budget (an
+l_inf ball) plus a stated family: the attacker may move x within the budget, then the
+world applies t ~ family, drawn by the harness after the attack returned. A candidate
+x' is scored by its expected accuracy E_t 1[f(t(x')) = y] (:func:`world_scores`).
+
+    from dltbench.tasks.robust.physical import TransformFamily, eot_pgd, world_scores
     x_adv = eot_pgd(model, x, y, eps=0.1, norm="linf", samples=8)
+    res = world_scores(model, y, {"clean": x, "eot-pgd": x_adv}, TransformFamily(), gen)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attacks import _summed
-from .threat import _bcast, ascent_direction, check_norm, project, random_start
+from .threat import _bcast, ascent_direction, check_norm, label_rank, project, random_start
 
 
 @dataclass(frozen=True)
@@ -136,3 +145,103 @@ def expected_accuracy(
         rep = x.repeat(draws, *([1] * (x.dim() - 1)))
         pred = model(family(rep, generator)).argmax(1)
     return float((pred == y.repeat(draws)).float().mean())
+
+
+#: Physical threat models: name -> (the norm of the digital budget, the world's family).
+#: An attack is told the name; it finds the family here (plain parameters, so it can run
+#: its own EOT), but never the draws that score it.
+WORLDS: dict[str, tuple[str, TransformFamily]] = {"physical-linf": ("linf", TransformFamily())}
+#: Transformations per candidate that pick each point's worst candidate, and the
+#: independent ones that then score it (see :func:`world_scores`).
+SELECT_DRAWS = 32
+SCORE_DRAWS = 64
+
+
+def digital_norm(norm: str) -> str:
+    """The norm of ``norm``'s budget: itself for a digital threat model, the ball's norm for a physical one."""
+    return WORLDS[norm][0] if norm in WORLDS else norm
+
+
+@dataclass
+class WorldResult:
+    """Expected accuracies through the world, per point (arrays of shape (N,), in [0, 1])."""
+
+    clean: np.ndarray  # E_t 1[f(t(x)) = y] (scoring draws)
+    robust: np.ndarray  # the same for the worst candidate (picked on the selection draws)
+    per_attack: dict[str, np.ndarray]  # the worst of {x, that attack's x_adv}, scored alike
+    topk: dict[int, np.ndarray]  # E_t 1[rank of y in f(t(x*)) < k] for the worst candidate x*
+    worst: np.ndarray  # index into the candidates' order of each point's worst candidate
+
+
+def _ranks(model, x: torch.Tensor, y: torch.Tensor, family, seed: int, draws: int) -> torch.Tensor:
+    """(draws, N) label ranks of ``model`` on t(x), t drawn from a generator seeded with ``seed``."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    rep = x.repeat(draws, *([1] * (x.dim() - 1)))
+    with torch.no_grad():
+        logits = model(family(rep, gen))
+    return label_rank(logits, y.repeat(draws)).view(draws, len(x))
+
+
+def world_scores(
+    model: nn.Module,
+    y: torch.Tensor,
+    candidates: Mapping[str, torch.Tensor],
+    family: TransformFamily,
+    generator: torch.Generator | None = None,
+    ks: tuple[int, ...] = (1, 3, 5),
+    select_draws: int = SELECT_DRAWS,
+    score_draws: int = SCORE_DRAWS,
+    batch_size: int = 500,
+) -> WorldResult:
+    """Each point's expected accuracy through ``family`` at its worst candidate input.
+
+    ``candidates`` maps names to inputs of y's length, the first being the clean x. Two
+    seeds are drawn from ``generator`` (the harness's stream, after every candidate
+    exists); every candidate meets the same transformations (common random numbers).
+    Each point's worst candidate is the one with the lowest accuracy on the
+    ``select_draws`` selection draws; its score is its accuracy on ``score_draws``
+    independent draws. Taking the minimum of noisy estimates directly would be biased
+    low (two equally good candidates at p = 0.5 and 64 draws lose 0.035); scoring the
+    picked candidate afresh is unbiased for it. Top-k scores are those of the same
+    (top-1 worst) candidate, so they grow with k.
+    """
+    names = list(candidates)
+    device = y.device
+    on = generator.device if generator is not None else torch.device("cpu")
+    seeds = torch.randint(2**62, (2,), generator=generator, device=on).tolist()
+    n = len(y)
+    sel = torch.zeros(len(names), n, dtype=torch.float64, device=device)
+    ranks = torch.zeros(len(names), score_draws, n, dtype=torch.long, device=device)
+    for i in range(0, n, batch_size):
+        b = slice(i, i + batch_size)
+        for c, name in enumerate(names):
+            xc = candidates[name][b].to(device)
+            # per-batch seeds, the same for every candidate: each point meets the same t's
+            right = _ranks(model, xc, y[b], family, seeds[0] + i, select_draws) == 0
+            sel[c, b] = right.double().mean(0)
+            ranks[c, :, b] = _ranks(model, xc, y[b], family, seeds[1] + i, score_draws)
+    correct = (ranks == 0).double().mean(1)  # (candidates, N), on the scoring draws
+    cols = torch.arange(n, device=device)
+
+    def scored(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.tensor(rows, device=device)[sel[rows].argmin(0)]  # ties: earliest candidate
+        return correct[pick, cols], pick
+
+    robust, worst = scored(list(range(len(names))))
+    per_attack = {name: scored([0, c])[0].cpu().numpy() for c, name in enumerate(names) if c}
+    topk = {k: (ranks[worst, :, cols] < k).double().mean(1).cpu().numpy() for k in ks}
+    return WorldResult(
+        correct[0].cpu().numpy(), robust.cpu().numpy(), per_attack, topk, worst.cpu().numpy()
+    )
+
+
+#: Draws of t per point and step of the ensemble's EOT-PGD (from the attack's own stream).
+EOT_SAMPLES = 8
+
+
+def physical_ensemble(steps: int, samples: int = EOT_SAMPLES) -> dict:
+    """The harness's ensemble for a physical threat model: EOT-PGD on cross-entropy and on the margin."""
+    return {
+        "eot-pgd": partial(eot_pgd, steps=steps, samples=samples, loss="ce"),
+        "eot-pgd-cw": partial(eot_pgd, steps=steps, samples=samples, loss="cw"),
+    }

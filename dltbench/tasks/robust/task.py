@@ -28,6 +28,15 @@ from .evaluate import (
     robust_accuracy,
     verify_perturbation,
 )  # fmt: skip
+from .physical import (
+    EOT_SAMPLES,
+    SCORE_DRAWS,
+    SELECT_DRAWS,
+    WORLDS,
+    eot_pgd,
+    physical_ensemble,
+    world_scores,
+)
 from .threat import COUNT_NORMS, label_rank
 
 #: The harness's standard ensemble, in the order it runs (see :func:`default_ensemble`).
@@ -36,6 +45,8 @@ ENSEMBLE: tuple[str, ...] = ("apgd-ce", "apgd-t", "square")
 ENSEMBLE_L0: tuple[str, ...] = ("pgd-l0", "pgd-l0-cw", "sparse-rs")
 #: The ensemble of the patch threat model (eps = the area of one square, anywhere).
 ENSEMBLE_PATCH: tuple[str, ...] = ("pgd-patch", "pgd-patch-cw")
+#: The ensemble of a physical threat model (an l_inf ball, then the world's transformations).
+ENSEMBLE_PHYSICAL: tuple[str, ...] = tuple(physical_ensemble(1))
 #: Robust accuracy is also measured by PGD at these multiples of eps (the eps curve).
 EPS_MULTIPLES: tuple[float, ...] = (0.5, 1.0, 2.0)
 #: Top-k robust accuracy is reported for these k (k = 1 is ``robust_acc`` before counter-evidence).
@@ -74,18 +85,22 @@ class RobustConfig:
 _GRID = {
     # l0 2: 2 of the 64 pixels of an 8x8 digit (3%, as 24 of MNIST's 784)
     # patch 4: one 2 x 2 square anywhere on the 8 x 8 digit (6% of the pixels)
-    "quick": dict(dataset="digits", threats=(("linf", 0.1), ("l2", 0.5), ("l0", 2), ("patch", 4)),
+    # physical-linf 0.1: the linf row's ball, then the world's rotation, scale, light, noise
+    "quick": dict(dataset="digits", threats=(("linf", 0.1), ("l2", 0.5), ("l0", 2), ("patch", 4),
+                                             ("physical-linf", 0.1)),
                   epochs=15, at_steps=3,
                   n_test=200, apgd_steps=25, apgd_targets=3, square_queries=300, square_rescale=True,
                   pgd_steps=10, batch_size=500),
     # MNIST: l_inf 0.3 and l_2 2.0 (Madry et al. 2018; Croce & Hein 2020)
     # l0 24: 24 of 784 pixels (3%), our choice
-    "standard": dict(dataset="mnist", threats=(("linf", 0.3), ("l2", 2.0), ("l0", 24)), epochs=20, at_steps=40,
+    "standard": dict(dataset="mnist", threats=(("linf", 0.3), ("l2", 2.0), ("l0", 24), ("physical-linf", 0.3)),
+                     epochs=20, at_steps=40,
                      n_test=1000, apgd_steps=100, apgd_targets=9, square_queries=5000,
                      square_rescale=False, pgd_steps=100, batch_size=500),
     # RobustBench's CIFAR-10 threat models on its first 10000 test points (the whole test set)
     # l0 24 of 1024 pixels, our choice
-    "paper": dict(dataset="cifar10", threats=(("linf", 8 / 255), ("l2", 0.5), ("l0", 24)), epochs=100,
+    "paper": dict(dataset="cifar10", threats=(("linf", 8 / 255), ("l2", 0.5), ("l0", 24),
+                                              ("physical-linf", 8 / 255)), epochs=100,
                   at_steps=10, n_test=10_000, apgd_steps=100, apgd_targets=9,
                   square_queries=5000, square_rescale=False, pgd_steps=100, batch_size=500),
 }  # fmt: skip
@@ -103,8 +118,9 @@ def robust_configs(profile: str) -> list[RobustConfig]:
     side = {"digits": 8, "mnist": 28, "cifar10": 32}[p["dataset"]]
     channels = 3 if p["dataset"] == "cifar10" else 1
     # linf 1, the l2 diameter of the box and l0 = every pixel all reach every image
+    # (a physical row has no large-eps check: the world's noise can hide any image)
     large = {"linf": 1.0, "l2": float(np.sqrt(channels * side * side)), "l0": float(side * side),
-             "patch": float(side * side)}  # fmt: skip
+             "patch": float(side * side), **dict.fromkeys(WORLDS, float("nan"))}  # fmt: skip
     return [
         RobustConfig(
             norm=n,
@@ -135,8 +151,11 @@ class DefenseMethod(Method):
         """Return an nn.Module mapping (N, C, H, W) in [0, 1] to logits (N, K).
 
         ``data`` holds only the training split; ``config.norm`` and ``config.eps`` are the
-        threat model; ``config.epochs`` and ``config.at_steps`` the budget. The forward pass
-        must be deterministic in eval mode (randomized defenses are out of scope).
+        threat model (for a physical one, e.g. "physical-linf", the budget is the ball of
+        ``physical.digital_norm(config.norm)`` and the world's family is
+        ``physical.WORLDS[config.norm][1]``); ``config.epochs`` and ``config.at_steps`` the
+        budget. The forward pass must be deterministic in eval mode (randomized defenses
+        are out of scope: the world is random, the model is not).
         """
 
 
@@ -182,8 +201,8 @@ class RobustTask(Task):
 
     name = "robust"
     # 4: top-k attacks take topk_steps (not apgd_steps) steps, as documented; patch rows;
-    # the UAP transfer column
-    version = "4"
+    # the UAP transfer column. 5: physical-linf rows (EOT-PGD scored through the world)
+    version = "5"
     description = "robust accuracy of defenses under an attack ensemble at (norm, eps)"
     method_type = DefenseMethod
     protocol = "train"
@@ -194,7 +213,7 @@ class RobustTask(Task):
                    "correct and every attack failed (lowest known, with attack-task evidence)"),
         MetricSpec("clean_acc", True, "fraction", "accuracy on the attacked test points"),
         *(MetricSpec(f"acc_{a}", True, "fraction", f"robust accuracy under {a} alone")
-          for a in ENSEMBLE + ENSEMBLE_L0 + ENSEMBLE_PATCH),
+          for a in ENSEMBLE + ENSEMBLE_L0 + ENSEMBLE_PATCH + ENSEMBLE_PHYSICAL),
         *(MetricSpec(f"robust_top{k}_acc", True, "fraction",
                      f"label stays in the top {k} logits under every attack tried (ensemble"
                      + (")" if k == 1 else f" and APGD/PGD on the top-{k} margin)"))
@@ -252,6 +271,8 @@ class RobustTask(Task):
 
 def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context) -> Evaluation:
     """The defense evaluator (model already checked): metrics, per-point curves and estimator."""
+    if config.norm in WORLDS:
+        return evaluate_physical(model, data, config, ctx)
     pts = test_points(data, config)
     x, y = pts.x.to(ctx.device), pts.y.to(ctx.device)
     gen = ctx.device_generator()
@@ -353,8 +374,107 @@ def evaluate_defense(model: nn.Module, data, config: RobustConfig, ctx: Context)
     return Evaluation(metrics, curves, estimator)
 
 
+def attack_all(model, x, y, eps: float, norm: str, attack, gen, batch_size: int, who: str):
+    """``attack``'s verified x_adv for every point of (x, y), in batches, and its seconds."""
+    out = torch.empty_like(x)
+    start = time.perf_counter()
+    for i in range(0, len(y), batch_size):
+        b = slice(i, i + batch_size)
+        xa = attack(model, x[b], y[b], eps, norm, generator=gen)
+        out[b] = verify_perturbation(xa, x[b], eps, norm, who=who)
+    return out, time.perf_counter() - start
+
+
+def evaluate_physical(model: nn.Module, data, config: RobustConfig, ctx: Context) -> Evaluation:
+    """A physical row: the EOT ensemble in the digital ball, each point scored through the world's draws.
+
+    Every point is attacked (the world can fix a digitally wrong point, and break a right
+    one); each candidate (x and every attack's x_adv) meets the same transformations,
+    drawn from the evaluation's stream after all attacks returned, and a point's score is
+    the expected accuracy of its worst candidate (:func:`physical.world_scores`).
+    """
+    budget, family = WORLDS[config.norm]
+    pts = test_points(data, config)
+    x, y = pts.x.to(ctx.device), pts.y.to(ctx.device)
+    gen = ctx.device_generator()
+    ctx.progress("ensemble", 0, 1)
+    found, seconds = {}, {}
+    for name, attack in physical_ensemble(config.apgd_steps).items():
+        found[name], seconds[name] = attack_all(
+            model, x, y, config.eps, budget, attack, gen, config.batch_size, f"attack {name!r}"
+        )  # fmt: skip
+    res = world_scores(model, y, {"clean": x, **found}, family, gen, TOP_K,
+                       batch_size=config.batch_size)  # fmt: skip
+    ctx.progress("eps curve", 0, 1)
+    curve = {}
+    for m in EPS_MULTIPLES:
+        e = eps_at(config, m)
+        xa, _ = attack_all(model, x, y, e, budget, partial(eot_pgd, steps=config.pgd_steps),
+                           gen, config.batch_size, "EOT-PGD (eps curve)")  # fmt: skip
+        at = world_scores(model, y, {"clean": x, "eot-pgd": xa}, family, gen, (1,),
+                          batch_size=config.batch_size)  # fmt: skip
+        curve[e] = float(at.robust.mean()) if len(y) else float("nan")
+    flags = masking_flags(None, curve, None, config.eps, norm=config.norm)
+
+    def mean(v: np.ndarray) -> float:
+        return float(v.mean()) if len(v) else float("nan")
+
+    metrics = {
+        "robust_acc": mean(res.robust),
+        "clean_acc": mean(res.clean),
+        **{f"acc_{k}": mean(v) for k, v in res.per_attack.items()},
+        **{f"robust_top{k}_acc": mean(v) for k, v in res.topk.items()},
+        **{f"pgd_acc@{m:g}eps": curve[eps_at(config, m)] for m in EPS_MULTIPLES},
+        "masking_flags": float(len(flags)),
+        "full_test_clean_acc": accuracy(model, data.test, ctx.device),
+        "eval_seconds": sum(seconds.values()),
+    }
+    names = ["clean", *found]
+    curves = {
+        "masking_flags": flags,
+        "model_fingerprint": model_fingerprint(model, tuple(x.shape[1:])),
+        "eps_curve": {"eps": list(curve), "pgd_acc": list(curve.values())},
+        # scores are multiples of 1 / SCORE_DRAWS: exact in JSON
+        "per_point": {
+            "clean_score": res.clean.tolist(),
+            "robust": res.robust.tolist(),
+            "worst_candidate": [names[i] for i in res.worst],
+        },
+        "attack_seconds": seconds,
+    }
+    estimator = {
+        "test_points": len(y), "test_selection": f"first {config.n_test} points of the fixed test split",
+        "threat_model": threat_text(config),
+        "ensemble": {name: {"steps": config.apgd_steps, "samples": EOT_SAMPLES,
+                            "loss": "ce" if name == "eot-pgd" else "margin",
+                            "step": "2.5 eps / steps, signed gradient averaged over the samples",
+                            "start": "uniform in the ball"}
+                     for name in found},
+        "world_scoring": f"every point is attacked; x and each x_adv meet the same transformations, "
+                         f"drawn from the evaluation's stream after the attacks returned; a point's "
+                         f"worst candidate is the least accurate on {SELECT_DRAWS} selection draws, "
+                         f"its score its accuracy on {SCORE_DRAWS} independent draws; robust_acc is "
+                         "the mean score; acc_<attack> the same with that attack alone",
+        "top_k": "the worst candidate's (picked at k = 1) share of scoring draws with the label in the "
+                 "top k logits; no top-k attack on physical rows",
+        "eps_curve": f"EOT-PGD on cross-entropy, {config.pgd_steps} steps, {EOT_SAMPLES} samples, "
+                     "scored through the world as above",
+        "not_measured": "universal perturbation and its transfer, the large-eps check, the "
+                        "gradient-free check (digital rows only)",
+        "budget_tolerance": BUDGET_TOL,
+        "masking_checks": "EOT-PGD accuracy not falling from eps to 2 eps or rising",
+    }  # fmt: skip
+    return Evaluation(metrics, curves, estimator)
+
+
 def threat_text(config: RobustConfig) -> str:
     """The threat model in words, for an estimator record."""
+    if config.norm in WORLDS:
+        budget, family = WORLDS[config.norm]
+        return (f"{budget} ball of radius {config.eps:g} (pixels in [0, 1]) within [0, 1], then the "
+                f"world's transformation t ~ {family} (rotation and scale about the centre, "
+                "bilinear with zero padding, brightness shift, Gaussian noise, clip), drawn by the "
+                "harness after the attack")  # fmt: skip
     if config.norm == "l0":
         return (f"at most {int(config.eps)} changed pixels (a pixel: all channels at one location; "
                 "any difference counts, checked exactly), within [0, 1]")  # fmt: skip
