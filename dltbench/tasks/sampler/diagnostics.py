@@ -18,6 +18,7 @@ own standard error in quadrature.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import arviz as az
@@ -33,6 +34,31 @@ RHAT_MAX: float = 1.01
 ESS_MIN_PER_CHAIN: float = 100.0
 #: Family-wise error level of the moment tests (Bonferroni over 2 * dim z-scores).
 MOMENT_ALPHA: float = 0.01
+
+
+def gate_failures(
+    rhat_max: float | None,
+    ess_min: float | None,
+    ess_threshold: float,
+    z_max: float | None,
+    z_threshold: float,
+) -> list[str]:
+    """Why a run fails the ranking gate, one phrase per failed check (empty: it passes).
+
+    The one definition of the gate: R-hat below RHAT_MAX, the smallest bulk/tail-ESS above
+    ``ess_threshold`` (draws), the largest moment |z| (MCSE units) below ``z_threshold``.
+    None or NaN (a record's non-finite value) fails its check.
+    """
+    out = []
+    if rhat_max is None or not math.isfinite(rhat_max) or rhat_max >= RHAT_MAX:
+        out.append(f"R-hat {'undefined' if rhat_max is None else f'{rhat_max:.3g}'} >= {RHAT_MAX}")
+    low = -math.inf if ess_min is None else ess_min
+    if not low > ess_threshold:
+        out.append(f"ESS {low:.3g} <= {ess_threshold:.3g}")
+    z = math.inf if z_max is None else z_max
+    if not z < z_threshold:
+        out.append(f"moment error {z:.3g} MCSE > {z_threshold:.3g}")
+    return out
 
 
 def _per_dim(draws: np.ndarray, fn) -> np.ndarray:
@@ -143,13 +169,11 @@ class Diagnostics:
     @property
     def passes(self) -> bool:
         """R-hat below RHAT_MAX, bulk/tail-ESS above ``ess_threshold`` on every coordinate,
-        and every moment z-score below the threshold."""
-        r = float(np.max(self.rhat))
+        and every moment z-score below the threshold (:func:`gate_failures`)."""
         ess = float(min(np.min(self.ess_bulk), np.min(self.ess_tail)))
-        return bool(
-            np.isfinite(r) and r < RHAT_MAX and ess > self.ess_threshold
-            and self.moment_z_max < self.threshold
-        )  # fmt: skip
+        return not gate_failures(
+            float(np.max(self.rhat)), ess, self.ess_threshold, self.moment_z_max, self.threshold
+        )
 
 
 def diagnose(draws, mean, var, mean_se=None, var_se=None) -> Diagnostics:

@@ -10,32 +10,24 @@ conditionals) gets a row that says so, and a (method, target) whose cells were a
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from ...api import Result
-from .diagnostics import ESS_MIN_PER_CHAIN, RHAT_MAX
+from .diagnostics import ESS_MIN_PER_CHAIN, gate_failures
 
 
 def _fails(r: Result) -> list[str]:
-    """Why one ok record does not pass (empty if it passes)."""
+    """Why one ok record does not pass (empty if it passes): the gate, read from the record."""
     m, est = r.metrics, r.estimator
-    out = []
-    rhat = m.get("rhat_max")
-    if rhat is None or not math.isfinite(rhat) or rhat >= RHAT_MAX:
-        out.append(f"R-hat {'undefined' if rhat is None else f'{rhat:.3g}'} >= {RHAT_MAX}")
-    need = est.get("ess_threshold", ESS_MIN_PER_CHAIN * est.get("chains", 1))
     ess = [m.get("ess_bulk_min"), m.get("ess_tail_min")]
-    low = -math.inf if any(v is None for v in ess) else min(ess)
-    if not low > need:
-        out.append(f"ESS {low:.3g} <= {need:.3g}")
-    thr = est.get("moment_threshold", float("inf"))
-    zs = [m.get("mean_z_max"), m.get("var_z_max")]
-    z = math.inf if any(v is None for v in zs) else max(zs)  # None: NaN or inf in the record
-    if not z < thr:
-        out.append(f"moment error {z:.3g} MCSE > {thr:.3g}")
-    return out
+    zs = [m.get("mean_z_max"), m.get("var_z_max")]  # None: NaN or inf in the record
+    return gate_failures(
+        m.get("rhat_max"),
+        None if None in ess else min(ess),
+        est.get("ess_threshold", ESS_MIN_PER_CHAIN * est.get("chains", 1)),
+        None if None in zs else max(zs),
+        est.get("moment_threshold", float("inf")),
+    )
 
 
 def eligibility(df: pd.DataFrame, records: list[Result]) -> pd.DataFrame:
