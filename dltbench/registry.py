@@ -410,19 +410,23 @@ def method_origin(task: str, name: str) -> str:
 #: ``dltbench report`` draws the curves records already hold, and no number in a record depends
 #: on it. Hashing it would make every record of the task stale when a plot's title changes.
 PRESENTATION_FILES: frozenset[str] = frozenset({"plots.py"})
+#: Data a task package ships beside its code (the package data of pyproject.toml): reference
+#: moments, fixed seeds, precomputed features. The numbers depend on it as on the code.
+TASK_DATA_GLOBS: tuple[str, ...] = ("*.json", "*.npz")
 
 
 def task_source_hash(cls: type[Task]) -> str:
     """sha256 of the evaluator's code: the task's package (less its presentation files, see
     ``PRESENTATION_FILES``), the modules of other task packages it imports (e.g. diffusion
-    scores samples with gan's FID), and the shared data and model code."""
+    scores samples with gan's FID), the data files of every package read that way
+    (``TASK_DATA_GLOBS``), and the shared data and model code."""
     pkg = Path(inspect.getfile(cls)).resolve().parent
     here = Path(__file__).resolve().parent
     own = [f for f in sorted(pkg.glob("*.py")) if f.name not in PRESENTATION_FILES]
-    files = _with_task_imports(own, here / "tasks") + [
-        here / "models.py",
-        here / "data" / "__init__.py",
-    ]
+    code = _with_task_imports(own, here / "tasks")
+    packages = list(dict.fromkeys(f.parent for f in code))
+    shipped = [f for d in packages for g in TASK_DATA_GLOBS for f in sorted(d.glob(g))]
+    files = code + shipped + [here / "models.py", here / "data" / "__init__.py"]
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
