@@ -82,6 +82,17 @@ def test_task_source_hash_leaves_out_plots_py_and_nothing_else(tiny_package):
     assert registry.task_source_hash(load()) != before  # any other file is evaluation code
 
 
+def test_task_source_hash_covers_the_data_files_the_package_ships(tiny_package):
+    pkg, load = tiny_package
+    (pkg / "reference.json").write_text('{"mean": 0.0}')
+    before = registry.task_source_hash(load())
+    (pkg / "reference.json").write_text('{"mean": 0.1}')  # new reference: new numbers
+    changed = registry.task_source_hash(load())
+    assert changed != before
+    (pkg / "notes.md").write_text("not shipped as package data")
+    assert registry.task_source_hash(load()) == changed
+
+
 def test_a_task_without_plots_py_gets_its_primary_metric_per_method(tiny_package):
     _, load = tiny_package
     task = load()()
