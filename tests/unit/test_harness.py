@@ -214,7 +214,7 @@ def test_limit_caps_test_points_and_labels_the_profile():
         plan(registry.get_task("sampler"), ["rwm"], "quick", [0], limit=7)
 
 
-ALL_FOUR = ("linf", "l2", "l0", "patch")
+ALL_QUICK = ("linf", "l2", "l0", "patch", "physical-linf")
 
 
 def test_a_method_is_not_planned_on_a_threat_model_it_does_not_define():
@@ -225,4 +225,5 @@ def test_a_method_is_not_planned_on_a_threat_model_it_does_not_define():
     assert ("sparse-rs", "l0") in pairs and ("apgd-ce", "linf") in pairs
     assert ("sparse-rs", "linf") not in pairs and ("apgd-ce", "l0") not in pairs
     assert ("apgd-ce", "patch") not in pairs
-    assert {n for m, n in pairs if m == "pgd"} == set(ALL_FOUR)  # pgd declares all four
+    assert ("apgd-ce", "physical-linf") not in pairs
+    assert {n for m, n in pairs if m == "pgd"} == set(ALL_QUICK)  # pgd declares them all
