@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--task", required=True, help="task name (see `dltbench list`)")
     rec.add_argument("--stale", action="store_true", help="list only stale records")
     rec.add_argument("--prune", action="store_true", help="remove the stale records")
+    rec.add_argument("--drop", nargs="+", default=[], metavar="ID",
+                     help="remove these records (e.g. an invalid one you reviewed and found to be "
+                     "the harness's fault: it keeps its row unranked until removed)")  # fmt: skip
     rec.add_argument("--plugin", action="append", default=[], metavar="FILE",
                      help="load this plugin file, so its methods' records can be checked")  # fmt: skip
     rec.add_argument("--results-dir", type=Path, default=Path("results"),
@@ -754,6 +757,13 @@ def cmd_records(args: argparse.Namespace) -> int:
     if args.prune and stale_ids:
         bak = remove_records(args.results_dir, task.name, stale_ids)
         err.print(f"pruned {plural(len(stale_ids), 'stale record')} from {path} (backup: {bak})")
+    if args.drop:
+        known = {rec.id for _, _raw, rec, _signed in loaded.lines if rec is not None}
+        unknown = [i for i in args.drop if i not in known]
+        if unknown:
+            raise UsageError(f"--drop: no record {', '.join(unknown)} in {path}")
+        bak = remove_records(args.results_dir, task.name, set(args.drop))
+        err.print(f"dropped {plural(len(args.drop), 'record')} from {path} (backup: {bak})")
     return 0
 
 

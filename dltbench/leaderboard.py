@@ -84,12 +84,62 @@ def build(
     columns = _columns(task)
     df = pd.DataFrame(rows, columns=[c for c in columns if c != "rank"])
     df = task.adjust_leaderboard(df, records, _checked(load or (lambda name: [])))
+    df = _exclude_invalid(task, df, records)
     # A task may drop columns no row of these profiles can have (e.g. other profiles' radii).
     columns = [c for c in columns if c == "rank" or c in df.columns]
     columns += [c for c in df.columns if c not in columns]
     df = task_rank(task, df)[columns] if len(df) else pd.DataFrame(columns=columns)
     df.attrs["skipped"] = dict(skips)
     return df
+
+
+def _exclude_invalid(task: Task, df: pd.DataFrame, records: list[Result]) -> pd.DataFrame:
+    """Unrank every row with an ``invalid`` record of its own version (any seed), saying why.
+
+    An invalid cell broke the protocol (a budget, a shape, an audit); a rerun of that seed
+    draws fresh evaluation randomness, so letting an ``ok`` rerun replace it would make any
+    spot check a lottery the plugin retries until it wins. The record stays the evidence
+    until it is pruned (``dltbench records --prune``) or the method's code changes.
+    """
+    invalid = [r for r in records if r.task == task.name and r.status == "invalid"]
+    if not invalid or df.empty:
+        return df
+    by_id = {r.id: r for r in records}
+    why: dict[int, list[str]] = {}
+    for i, row in df.iterrows():
+        recs = [by_id[j] for j in str(row.get("records", "")).split() if j in by_id]
+        if not recs:
+            continue
+        key = (recs[0].method, recs[0].profile, json.dumps(recs[0].setting, sort_keys=True))
+        version = _version_key(recs[0])
+        phrases = [
+            f"seed {r.seed} invalid: {_first_line(r.error)} (record {r.id})"
+            for r in sorted(invalid, key=lambda r: r.seed)
+            if (r.method, r.profile, json.dumps(r.setting, sort_keys=True)) == key
+            and _version_key(r) == version
+        ]  # fmt: skip
+        if phrases:
+            why[i] = phrases
+    if not why:
+        return df
+    df = df.copy()
+    if "eligible" not in df.columns:
+        df["eligible"] = pd.Series(True, index=df.index, dtype=bool)
+    if "excluded_reason" not in df.columns:
+        df["excluded_reason"] = ""
+    for i, phrases in why.items():
+        have = [p for p in str(df.at[i, "excluded_reason"] or "").split(" | ") if p]
+        # a task may have said it already, in its own words (the sampler names invalid seeds)
+        new = [p for p in phrases if not any(h.startswith(p.split(":")[0] + ":") for h in have)]
+        df.at[i, "excluded_reason"] = " | ".join([*have, *new])
+        df.at[i, "eligible"] = False
+    df["eligible"] = df["eligible"].astype(bool)
+    return df
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _checked(load: Callable[[str], list[Result]]) -> Callable[[str], list[Result]]:

@@ -861,6 +861,27 @@ class Auditor:
                 "rate": self.rate, "rtol": self.rtol, "atol": self.atol}  # fmt: skip
 
 
+@contextlib.contextmanager
+def audit_every_call(model: Any, rows: int = 16) -> Iterator[None]:
+    """Inside the block, audit every answer of ``model`` on ``rows`` rows, where it has an auditor.
+
+    For queries a plugin could recognise and answer by pooling rows (many transformed
+    copies of each point): the per-call rate then leaves too many unchecked. A model
+    the harness owns has no auditor, and the block changes nothing.
+    """
+    auditor = getattr(model, "auditor", None)
+    if auditor is None:
+        yield
+        return
+    saved = auditor.rate, auditor.rows, auditor.max_audits
+    auditor.rate, auditor.rows = 1.0, max(rows, auditor.rows)
+    auditor.max_audits = auditor.audits + 10_000  # these audits are not the sampled ones
+    try:
+        yield
+    finally:
+        auditor.rate, auditor.rows, auditor.max_audits = saved
+
+
 def _tensors(v: Any, name: str = "answer") -> list[tuple[str, torch.Tensor]]:
     """The tensors an answer is compared by: itself, or a distribution's mean and variance."""
     if isinstance(v, torch.Tensor):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dltbench import cli, registry
+from dltbench import cli, leaderboard, registry
 from dltbench.cli import Heartbeat, check_run_input, main, parse_size, physical_memory_mb
 from dltbench.runner import Cell, identity, plan
 from dltbench.store import StoreError, append_result, load_results
@@ -328,8 +328,8 @@ def test_validate_wording_follows_the_protocol(monkeypatch):
 def _cell_record(rid: str, **kw):
     cell = plan(CERT, ["standard"], "quick", [0], smoke=True)[0]
     ident = identity(CERT, cell)
-    return make_record(id=rid, method="standard", profile=cell.profile, seed=0,
-                       **{**ident, **kw})  # fmt: skip
+    return make_record(id=rid, method="standard", profile=cell.profile,
+                       **{"seed": 0, **ident, **kw})  # fmt: skip
 
 
 def test_records_lists_and_prunes_stale_records(dirs, capsys):
@@ -363,3 +363,23 @@ def test_a_record_rebuilds_its_cells_identity():
     assert again["config_hash"] == rec.config_hash
     assert cli.record_state(CERT, rec) == "current"
     assert cli.record_state(CERT, _cell_record("y", config_hash="z")).startswith("stale")
+
+
+def test_an_invalid_record_unranks_its_row_until_dropped(dirs, capsys):
+    registry.discover("certified")
+    _store(dirs,
+           _cell_record("ok0", metrics={"acr": 0.5}),
+           _cell_record("bad1", seed=1, status="invalid", metrics={},
+                        error="audit: answers differ\ntraceback..."),
+           _cell_record("ok1", seed=1, metrics={"acr": 0.6}),  # the rerun of the same seed
+           _cell_record("old2", seed=2, status="invalid", metrics={}, method_source_hash="0ld"))  # fmt: skip
+    board = leaderboard.from_results(CERT, dirs["results"])
+    row = board.iloc[0]
+    assert not row["eligible"] and pd.isna(row["rank"])  # an ok rerun does not clear it
+    assert row["excluded_reason"] == "seed 1 invalid: audit: answers differ (record bad1)"
+    base = ["records", "--task", "certified", "--results-dir", str(dirs["results"])]
+    assert main([*base, "--drop", "nope"]) == 2
+    assert main([*base, "--drop", "bad1"]) == 0
+    assert "dropped 1 record" in capsys.readouterr().err
+    board = leaderboard.from_results(CERT, dirs["results"])
+    assert board.iloc[0]["rank"] == 1 and "eligible" not in board.columns  # other code's invalid

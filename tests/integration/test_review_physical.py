@@ -1,4 +1,4 @@
-"""Review of the physical-linf rows: holes a hostile defense can use (xfail strict while open).
+"""Review of the physical-linf rows: holes a hostile defense could use, closed and kept closed.
 
 The CLI demonstrations (``plugins/physical_cheats.py``) measured, quick profile with
 ``--limit 50``, audit on: honest PGD-AT 0.623 +- 0.009 (13 seeds); the decoy-gradient
@@ -9,6 +9,7 @@ auditor missed (and a rerun replaces an invalid seed).
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from multiprocessing.connection import Connection
@@ -24,7 +25,7 @@ from dltbench.data import digits
 from dltbench.leaderboard import build
 from dltbench.oracle import Auditor, Endpoint, RemoteModule
 from dltbench.tasks.robust import RobustTask
-from dltbench.tasks.robust.physical import SCORE_DRAWS, SELECT_DRAWS
+from dltbench.tasks.robust.physical import SCORE_DRAWS
 from dltbench.tasks.robust.task import evaluate_defense
 
 CPU = torch.device("cpu")
@@ -69,17 +70,16 @@ class _Decoy(nn.Module):
         return out.detach() + (lin - lin.detach())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: physical rows have no gradient-free attack and no large-eps check, so a "
-    "decoy input gradient (forward exact, audits pass) is neither broken nor flagged",
-)
 def test_a_decoy_gradient_defense_is_broken_or_flagged_on_the_physical_row(data, linear):
-    honest = evaluate_defense(linear, data, _physical(), Context(0, CPU)).metrics
-    decoy = evaluate_defense(_Decoy(linear), data, _physical(), Context(0, CPU))
-    # measured: honest 0.35, decoy 0.81 (clean 0.86), no flag
+    # the quick profile's Square budget: random search needs its queries to catch the decoy
+    config = dataclasses.replace(_physical(), square_queries=300)
+    honest = evaluate_defense(linear, data, config, Context(0, CPU))
+    decoy = evaluate_defense(_Decoy(linear), data, config, Context(0, CPU))
+    # before eot-square: honest 0.35, decoy 0.81 (clean 0.86), no flag; now the decoy
+    # stops EOT-PGD (0.80) but not random search (0.74): flagged, so not ranked
+    assert honest.curves["masking_flags"] == []
     assert decoy.curves["masking_flags"] or (
-        decoy.metrics["robust_acc"] <= honest["robust_acc"] + 0.15
+        decoy.metrics["robust_acc"] <= honest.metrics["robust_acc"] + 0.15
     )
 
 
@@ -93,10 +93,10 @@ class _Pooled(nn.Module):
     def forward(self, x):
         out = self.inner(x)
         n = len(x)
-        if torch.is_grad_enabled() or n < 8 * SELECT_DRAWS or n % SELECT_DRAWS:
+        if torch.is_grad_enabled() or n < 8 * SCORE_DRAWS or n % SCORE_DRAWS:
             return out
         self.seen += 1
-        if self.seen % 2 == 0 and self.seen <= 6 and n % SCORE_DRAWS == 0:
+        if self.seen <= 6:  # pools rows as the layout was before the harness shuffled them
             pooled = out.view(SCORE_DRAWS, n // SCORE_DRAWS, -1).softmax(-1).mean(0)
             out = pooled.log().repeat(SCORE_DRAWS, 1)
         return out
@@ -123,11 +123,6 @@ def _served(model: nn.Module):
     return harness, oid, thread
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: world_scores asks a few large no-grad calls (draws x points, layout known) "
-    "that the 5% auditor usually misses; pooling a point's draws inflates robust_acc",
-)
 def test_pooling_a_points_scoring_draws_is_caught_on_every_audit_seed(data, linear):
     caught = 0
     seeds = range(8)
@@ -157,11 +152,6 @@ def _rec(seed: int, status: str, robust: float) -> Result:
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: an invalid (audit-failed) seed is dropped from the board, and a rerun "
-    "redraws it, so any per-call audit rate below 1 is beaten by rerunning",
-)
 def test_a_method_with_an_audit_failed_seed_is_not_ranked():
     records = [_rec(0, "ok", 0.7), _rec(1, "ok", 0.7), _rec(2, "invalid", 0.0)]
     df = build(RobustTask(), records)
@@ -169,9 +159,9 @@ def test_a_method_with_an_audit_failed_seed_is_not_ranked():
     assert row.empty or not bool(row["eligible"].iloc[0])
 
 
-def test_counter_evidence_on_a_physical_row_takes_noise_for_evidence():
-    """Not a hole by itself (documented as a bound), measured here: an attack as strong as
-    the ensemble, scored on other draws, lowers the row by its draw noise about half the time."""
+def test_counter_evidence_on_a_physical_row_does_not_take_draw_noise_for_evidence():
+    """An attack as strong as the ensemble, scored on other draws, lowered the row about half
+    the time when any lower number counted; now it must be lower by twice the draw noise."""
     from dltbench.tasks.robust.counter import lowest_known
 
     rng = np.random.default_rng(0)
@@ -183,6 +173,7 @@ def test_counter_evidence_on_a_physical_row_takes_noise_for_evidence():
         d = _rec(0, "ok", float(mine.mean()))
         d.config = {"dataset": "digits", "norm": "physical-linf", "eps": 0.1}
         d.method, d.curves["model_fingerprint"] = "pgd-at", "w"
+        d.curves["per_point"]["robust"] = mine.tolist()
         a = Result(
             id="a", task="attack", task_version="3", method="same-as-ensemble",
             method_version="1", method_source_hash="h", method_params={}, method_origin="plugin",
@@ -194,4 +185,4 @@ def test_counter_evidence_on_a_physical_row_takes_noise_for_evidence():
         )  # fmt: skip
         low, _ = lowest_known(d, [a])
         lowered += low < d.metrics["robust_acc"]
-    assert 0.35 < lowered / 200 < 0.65
+    assert lowered / 200 < 0.05  # two-sided 2-sigma: about 2% by chance

@@ -8,7 +8,9 @@ config, trained with the same seed. When the attacked weights are the very ones 
 the attack's own robust accuracy is a bound for that seed. On physical rows the per-point
 numbers are expected accuracies estimated on each cell's own draws of the world: their
 pointwise minimum would be biased low (the minimum of noisy estimates), so there the
-attack's robust accuracy is a bound even on the same weights. A row's ``robust_acc`` is
+attack's robust accuracy is a bound even on the same weights, and counts only when it is
+lower by more than twice the two estimates' draw noise (:func:`physical.draw_error`): an
+attack as strong as the ensemble would otherwise lower the row half the time. A row's ``robust_acc`` is
 then the mean over its seeds of the lowest known number; ``robust_acc_harness_mean``
 keeps the ensemble's own, and ``broken_by`` names the attacks that lowered it.
 
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ...api import Result
-from .physical import WORLDS
+from .physical import WORLDS, draw_error
 
 
 def _matches(attack: Result, defense: Result) -> dict | None:
@@ -50,6 +52,7 @@ def lowest_known(defense: Result, attacks: list[Result]) -> tuple[float, set[str
         float(defense.metrics.get("robust_acc") or 0.0) if not len(base) else float(base.mean())
     )
     found: set[str] = set()
+    own = defense.curves.get("per_point", {}).get("robust", [])
     for a in attacks:
         entry = _matches(a, defense)
         if entry is None:
@@ -60,11 +63,19 @@ def lowest_known(defense: Result, attacks: list[Result]) -> tuple[float, set[str
             if (current & mask).sum() < current.sum():
                 found.add(a.method)
             current &= mask
-        elif entry.get("robust_acc") is not None and entry["robust_acc"] < bound:
+        elif entry.get("robust_acc") is not None and entry["robust_acc"] < bound - (
+            0.0 if per_point else _draw_noise(entry.get("robust", []), own)
+        ):
             bound = float(entry["robust_acc"])
             found.add(a.method if same_weights else f"{a.method} (retrained weights)")
     known = min(float(current.mean()) if len(current) else bound, bound)
     return known, found
+
+
+def _draw_noise(theirs: list, mine: list) -> float:
+    """Twice the draw noise of the difference of two physical cells' means (a side without
+    per-point scores counts 0)."""
+    return float(2 * np.hypot(*np.nan_to_num([draw_error(theirs), draw_error(mine)])))
 
 
 def adjust_defense_leaderboard(

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import _summed
+from .square import square
 from .threat import _bcast, ascent_direction, check_norm, label_rank, project, random_start
 
 
@@ -153,7 +154,7 @@ def expected_accuracy(
 WORLDS: dict[str, tuple[str, TransformFamily]] = {"physical-linf": ("linf", TransformFamily())}
 #: Transformations per candidate that pick each point's worst candidate, and the
 #: independent ones that then score it (see :func:`world_scores`).
-SELECT_DRAWS = 32
+SELECT_DRAWS = 64
 SCORE_DRAWS = 64
 
 
@@ -171,14 +172,22 @@ class WorldResult:
     per_attack: dict[str, np.ndarray]  # the worst of {x, that attack's x_adv}, scored alike
     topk: dict[int, np.ndarray]  # E_t 1[rank of y in f(t(x*)) < k] for the worst candidate x*
     worst: np.ndarray  # index into the candidates' order of each point's worst candidate
+    subsets: dict[str, np.ndarray]  # the same as ``robust`` for each named subset of candidates
 
 
 def _ranks(model, x: torch.Tensor, y: torch.Tensor, family, seed: int, draws: int) -> torch.Tensor:
-    """(draws, N) label ranks of ``model`` on t(x), t drawn from a generator seeded with ``seed``."""
+    """(draws, N) label ranks of ``model`` on t(x), t drawn from a generator seeded with ``seed``.
+
+    The rows are asked in an order drawn from the same generator, so a model cannot find a
+    point's draws by their place in the batch (the auditor catches pooling by content).
+    """
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    rep = x.repeat(draws, *([1] * (x.dim() - 1)))
+    rep = family(x.repeat(draws, *([1] * (x.dim() - 1))), gen)
+    order = torch.randperm(len(rep), generator=gen, device=x.device)
     with torch.no_grad():
-        logits = model(family(rep, gen))
+        asked = model(rep[order])
+        logits = torch.empty_like(asked)
+        logits[order] = asked
     return label_rank(logits, y.repeat(draws)).view(draws, len(x))
 
 
@@ -192,6 +201,7 @@ def world_scores(
     select_draws: int = SELECT_DRAWS,
     score_draws: int = SCORE_DRAWS,
     batch_size: int = 500,
+    subsets: Mapping[str, list[str]] | None = None,
 ) -> WorldResult:
     """Each point's expected accuracy through ``family`` at its worst candidate input.
 
@@ -200,10 +210,13 @@ def world_scores(
     exists); every candidate meets the same transformations (common random numbers).
     Each point's worst candidate is the one with the lowest accuracy on the
     ``select_draws`` selection draws; its score is its accuracy on ``score_draws``
-    independent draws. Taking the minimum of noisy estimates directly would be biased
-    low (two equally good candidates at p = 0.5 and 64 draws lose 0.035); scoring the
-    picked candidate afresh is unbiased for it. Top-k scores are those of the same
-    (top-1 worst) candidate, so they grow with k.
+    independent draws. That is an unbiased estimate of what a concrete adversary gets: one
+    that prints the candidate its own ``select_draws`` simulations call worst. Like every
+    attack's number it is an upper bound on the worst case (a wrong pick scores higher).
+    The minimum of the candidates' scoring estimates would instead peek at the draws that
+    score it, and is biased low (two equal candidates at p = 0.5 lose 0.035 on 64 draws).
+    Top-k scores are those of the same (top-1 worst) candidate, so they grow with k.
+    ``subsets`` names groups of candidates (each with the clean x) scored the same way.
     """
     names = list(candidates)
     device = y.device
@@ -229,19 +242,63 @@ def world_scores(
 
     robust, worst = scored(list(range(len(names))))
     per_attack = {name: scored([0, c])[0].cpu().numpy() for c, name in enumerate(names) if c}
+    groups = {
+        key: scored([0, *(names.index(m) for m in members)])[0].cpu().numpy()
+        for key, members in (subsets or {}).items()
+    }  # fmt: skip
     topk = {k: (ranks[worst, :, cols] < k).double().mean(1).cpu().numpy() for k in ks}
     return WorldResult(
-        correct[0].cpu().numpy(), robust.cpu().numpy(), per_attack, topk, worst.cpu().numpy()
-    )
+        correct[0].cpu().numpy(), robust.cpu().numpy(), per_attack, topk, worst.cpu().numpy(),
+        groups,
+    )  # fmt: skip
 
 
-#: Draws of t per point and step of the ensemble's EOT-PGD (from the attack's own stream).
+def draw_error(scores) -> float:
+    """Standard error (fraction) of a mean of per-point world scores from the scoring draws alone.
+
+    Each score is a mean of SCORE_DRAWS Bernoulli draws: variance p (1 - p) / SCORE_DRAWS
+    per point, estimated at p = the score. The points are the same in every cell of a row,
+    so this is the noise that separates two cells' estimates of the same quantity.
+    """
+    p = np.asarray(scores, dtype=float)
+    if not len(p):
+        return float("nan")
+    return float(np.sqrt(np.sum(p * (1 - p)) / SCORE_DRAWS) / len(p))
+
+
+def eot_square(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    generator: torch.Generator | None = None,
+    queries: int = 300,
+    samples: int = 8,
+    family: TransformFamily | None = None,
+    rescale: bool = True,
+) -> torch.Tensor:
+    """Square Attack (gradient-free) on the logits averaged over ``samples`` fresh draws of t per query.
+
+    The gradient-free member of the physical ensemble: a model whose input gradient lies
+    (a decoy) stops EOT-PGD but not random search on its answers.
+    """
+    averaged = TransformAveraged(model, family or TransformFamily(), samples, generator)
+    return square(averaged, x, y, eps, norm, generator, queries=queries, rescale=rescale)
+
+
+#: Draws of t per point and step (query) of the ensemble's attacks, from the attack's
+#: generator (the harness's ensemble: a stream of the evaluation that is not the world's).
 EOT_SAMPLES = 8
+#: The physical ensemble's attacks that use no input gradient.
+GRADIENT_FREE_PHYSICAL = frozenset({"eot-square"})
 
 
-def physical_ensemble(steps: int, samples: int = EOT_SAMPLES) -> dict:
-    """The harness's ensemble for a physical threat model: EOT-PGD on cross-entropy and on the margin."""
+def physical_ensemble(steps: int, queries: int, samples: int = EOT_SAMPLES) -> dict:
+    """The harness's ensemble for a physical threat model: EOT-PGD on cross-entropy and on the
+    margin, and Square on the draw-averaged logits (``queries`` queries)."""
     return {
         "eot-pgd": partial(eot_pgd, steps=steps, samples=samples, loss="ce"),
         "eot-pgd-cw": partial(eot_pgd, steps=steps, samples=samples, loss="cw"),
+        "eot-square": partial(eot_square, queries=queries, samples=samples),
     }

@@ -16,6 +16,7 @@ from torch import nn
 from ... import data as datasets
 from ...api import Context, Evaluation, InvalidArtifact, Method, MetricSpec, Task, profile_entry
 from ...models import accuracy, check_classifier
+from ...oracle import audit_every_call
 from ...registry import register_task
 from .apgd import apgd
 from .attacks import apply_universal, pgd, universal_perturbation
@@ -30,6 +31,7 @@ from .evaluate import (
 )  # fmt: skip
 from .physical import (
     EOT_SAMPLES,
+    GRADIENT_FREE_PHYSICAL,
     SCORE_DRAWS,
     SELECT_DRAWS,
     WORLDS,
@@ -46,7 +48,7 @@ ENSEMBLE_L0: tuple[str, ...] = ("pgd-l0", "pgd-l0-cw", "sparse-rs")
 #: The ensemble of the patch threat model (eps = the area of one square, anywhere).
 ENSEMBLE_PATCH: tuple[str, ...] = ("pgd-patch", "pgd-patch-cw")
 #: The ensemble of a physical threat model (an l_inf ball, then the world's transformations).
-ENSEMBLE_PHYSICAL: tuple[str, ...] = tuple(physical_ensemble(1))
+ENSEMBLE_PHYSICAL: tuple[str, ...] = tuple(physical_ensemble(1, 1))
 #: Robust accuracy is also measured by PGD at these multiples of eps (the eps curve).
 EPS_MULTIPLES: tuple[float, ...] = (0.5, 1.0, 2.0)
 #: Top-k robust accuracy is reported for these k (k = 1 is ``robust_acc`` before counter-evidence).
@@ -390,35 +392,47 @@ def evaluate_physical(model: nn.Module, data, config: RobustConfig, ctx: Context
 
     Every point is attacked (the world can fix a digitally wrong point, and break a right
     one); each candidate (x and every attack's x_adv) meets the same transformations,
-    drawn from the evaluation's stream after all attacks returned, and a point's score is
-    the expected accuracy of its worst candidate (:func:`physical.world_scores`).
+    drawn from a stream of the evaluation that no attack used, after all attacks
+    returned, and a point's score is the expected accuracy of its worst candidate
+    (:func:`physical.world_scores`). Every scoring query of a plugin's model is audited.
     """
     budget, family = WORLDS[config.norm]
     pts = test_points(data, config)
     x, y = pts.x.to(ctx.device), pts.y.to(ctx.device)
-    gen = ctx.device_generator()
+    gen = ctx.device_generator()  # the ensemble's draws
+    world = ctx.device_generator()  # the draws that score: never seen by any attack
+
+    def scores(candidates: dict, ks=(1,), subsets=None):
+        with audit_every_call(model):
+            return world_scores(model, y, candidates, family, world, ks,
+                                batch_size=config.batch_size, subsets=subsets)  # fmt: skip
+
     ctx.progress("ensemble", 0, 1)
     found, seconds = {}, {}
-    for name, attack in physical_ensemble(config.apgd_steps).items():
+    for name, attack in physical_ensemble(config.apgd_steps, config.square_queries).items():
         found[name], seconds[name] = attack_all(
             model, x, y, config.eps, budget, attack, gen, config.batch_size, f"attack {name!r}"
         )  # fmt: skip
-    res = world_scores(model, y, {"clean": x, **found}, family, gen, TOP_K,
-                       batch_size=config.batch_size)  # fmt: skip
+    gradient = [n for n in found if n not in GRADIENT_FREE_PHYSICAL]
+    res = scores({"clean": x, **found}, TOP_K, {"gradient": gradient})
     ctx.progress("eps curve", 0, 1)
     curve = {}
     for m in EPS_MULTIPLES:
         e = eps_at(config, m)
         xa, _ = attack_all(model, x, y, e, budget, partial(eot_pgd, steps=config.pgd_steps),
                            gen, config.batch_size, "EOT-PGD (eps curve)")  # fmt: skip
-        at = world_scores(model, y, {"clean": x, "eot-pgd": xa}, family, gen, (1,),
-                          batch_size=config.batch_size)  # fmt: skip
+        at = scores({"clean": x, "eot-pgd": xa})
         curve[e] = float(at.robust.mean()) if len(y) else float("nan")
-    flags = masking_flags(None, curve, None, config.eps, norm=config.norm)
 
     def mean(v: np.ndarray) -> float:
         return float(v.mean()) if len(v) else float("nan")
 
+    flags = masking_flags(None, curve, None, config.eps, norm=config.norm)
+    # the digital rule per point, in expectation: random search alone leaves at least 0.02
+    # less than every gradient attack together (a decoy gradient stops only the latter)
+    free = min(mean(res.per_attack[n]) for n in GRADIENT_FREE_PHYSICAL)
+    if free <= mean(res.subsets["gradient"]) - 0.02:
+        flags.insert(0, "gradient-free-beats-gradient")
     metrics = {
         "robust_acc": mean(res.robust),
         "clean_acc": mean(res.clean),
@@ -438,6 +452,7 @@ def evaluate_physical(model: nn.Module, data, config: RobustConfig, ctx: Context
         "per_point": {
             "clean_score": res.clean.tolist(),
             "robust": res.robust.tolist(),
+            "gradient_attacks": res.subsets["gradient"].tolist(),
             "worst_candidate": [names[i] for i in res.worst],
         },
         "attack_seconds": seconds,
@@ -445,24 +460,31 @@ def evaluate_physical(model: nn.Module, data, config: RobustConfig, ctx: Context
     estimator = {
         "test_points": len(y), "test_selection": f"first {config.n_test} points of the fixed test split",
         "threat_model": threat_text(config),
-        "ensemble": {name: {"steps": config.apgd_steps, "samples": EOT_SAMPLES,
-                            "loss": "ce" if name == "eot-pgd" else "margin",
-                            "step": "2.5 eps / steps, signed gradient averaged over the samples",
-                            "start": "uniform in the ball"}
-                     for name in found},
+        "ensemble": {
+            **{name: {"steps": config.apgd_steps, "samples": EOT_SAMPLES,
+                      "loss": "ce" if name == "eot-pgd" else "margin",
+                      "step": "2.5 eps / steps, signed gradient averaged over the samples",
+                      "start": "uniform in the ball"}
+               for name in gradient},
+            "eot-square": {"queries": config.square_queries, "samples": EOT_SAMPLES,
+                           "loss": "margin of the logits averaged over the samples",
+                           "schedule": "Square's p schedule, rescaled to the budget"},
+        },
         "world_scoring": f"every point is attacked; x and each x_adv meet the same transformations, "
-                         f"drawn from the evaluation's stream after the attacks returned; a point's "
+                         f"drawn after the attacks returned from a stream no attack used; a point's "
                          f"worst candidate is the least accurate on {SELECT_DRAWS} selection draws, "
-                         f"its score its accuracy on {SCORE_DRAWS} independent draws; robust_acc is "
-                         "the mean score; acc_<attack> the same with that attack alone",
+                         f"its score its accuracy on {SCORE_DRAWS} independent draws (rows asked in "
+                         "a drawn order, every answer audited on 16 rows); robust_acc is the mean "
+                         "score; acc_<attack> the same with that attack alone",
         "top_k": "the worst candidate's (picked at k = 1) share of scoring draws with the label in the "
                  "top k logits; no top-k attack on physical rows",
         "eps_curve": f"EOT-PGD on cross-entropy, {config.pgd_steps} steps, {EOT_SAMPLES} samples, "
                      "scored through the world as above",
-        "not_measured": "universal perturbation and its transfer, the large-eps check, the "
-                        "gradient-free check (digital rows only)",
+        "not_measured": "universal perturbation and its transfer, the large-eps check (digital "
+                        "rows only)",
         "budget_tolerance": BUDGET_TOL,
-        "masking_checks": "EOT-PGD accuracy not falling from eps to 2 eps or rising",
+        "masking_checks": "eot-square alone leaves >= 0.02 less than the EOT-PGD attacks together; "
+                          "EOT-PGD accuracy not falling from eps to 2 eps or rising",
     }  # fmt: skip
     return Evaluation(metrics, curves, estimator)
 
