@@ -97,6 +97,8 @@ def _features(
     if not out.requires_grad:  # no layer reaches the output
         bad.update(layers)
     live = [name for name in layers if name not in bad]
+    if not live:
+        return {}, bad
     k = out.shape[1]
     outs = [calls[name][0][1] for name in live]
     pnames = [[pn for pn in _param_names(name, layers[name]) if pn in leaves] for name in live]
@@ -165,8 +167,10 @@ def empirical_ntk_layers(
     layers = linear_layers(module)
     owned = {pn: name for name, m in layers.items() for pn in _param_names(name, m)}
     # Which layers qualify is decided on a few rows; every chunk is checked again.
-    probe_rows = x1[: min(len(x1), 4)]
-    _, bad = _features(module, params, layers, probe_rows)
+    try:
+        _, bad = _features(module, params, layers, x1[: min(len(x1), 4)])
+    except RuntimeError:  # autograd refused (e.g. an in-place op on a saved tensor)
+        bad = set(layers)
     layers = {n: m for n, m in layers.items() if n not in bad}
     fast = [pn for pn in names if owned.get(pn) in layers]
     rest = [pn for pn in names if pn not in fast]
@@ -187,7 +191,7 @@ def empirical_ntk_layers(
         out = _chunk_plan(
             features, lambda f1, f2: _contract(f1, f2, biased), x1, x2, k, row_bytes, memory
         )
-    except _NotClosedForm:
+    except (_NotClosedForm, RuntimeError):
         return _others(module, params, names, x1, x2, memory)
     if rest:
         out += _others(module, params, rest, x1, x2, memory)
