@@ -244,9 +244,9 @@ def test_a_kink_in_one_direction_does_not_fail_an_honest_gradient():
     probe = _KinkedProbe()
     rel, _, _ = _fd_check(probe, theta, x, u, (x.T @ u).reshape(-1), gen)
     assert probe.calls == 6 and rel < 1e-6  # the second direction confirms the gradient
-    lying = (x.T @ u).reshape(-1) * 1.01
+    lying = (x.T @ u).reshape(-1) * 1.1
     rel, _, _ = _fd_check(_KinkedProbe(), theta, x, u, lying, gen)
-    assert rel > 1e-4  # a wrong gradient fails every direction
+    assert rel > 1e-3  # a wrong gradient fails every direction
 
 
 def test_widths_over_the_parameter_budget_are_skipped_and_recorded():

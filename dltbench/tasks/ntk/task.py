@@ -34,6 +34,11 @@ SUBSET_SEED = 20191106
 MAX_LR_FACTOR = 1.9
 #: Largest (point pair x position pair) count of an analytic CNTK the harness computes.
 MAX_CNTK_ENTRIES = 5 * 10**8
+#: Tolerance of the finite-difference audit, in units of the check's standard deviation
+#: (a relative gradient error). 1e-4 in version 1; honest nets measure up to 1.4e-4 after
+#: training at width 2048, where gradient descent pins training points' pre-activations
+#: at the ReLU kink (see _fd_check).
+FD_TOL = 1e-3
 #: Fewest widths within the parameter budget for a cell to be scored (exponents need a grid;
 #: a grid of fewer widths must be scored whole).
 MIN_WIDTHS = 3
@@ -385,7 +390,7 @@ def audit_kernel(
     (1) u^T J v by the remote VJP equals the central finite difference of ``apply`` along v
     (the Jacobian's definition; step 1e-7 of ||theta||, then 1e-9, then up to two more
     directions v, each only if the last failed) within
-    1e-4 of its standard deviation ||J^T u|| ||v|| / sqrt(P); (2) u1^T Theta u2 equals <J1^T u1, J2^T u2> within 1e-8 ||J1^T u1|| ||J2^T u2||
+    FD_TOL of its standard deviation ||J^T u|| ||v|| / sqrt(P); (2) u1^T Theta u2 equals <J1^T u1, J2^T u2> within 1e-8 ||J1^T u1|| ||J2^T u2||
     (float64 rounding). A fake kernel D != Theta fails (2) with probability ~1 (the
     difference has standard deviation ||D - Theta||_F); a gradient inconsistent with the
     forward fails (1). Returns the worst relative errors.
@@ -400,7 +405,7 @@ def audit_kernel(
         for x, u, g in ((x1, u1, g1), (x2v, u2, g2)):
             rel, lhs, rhs = _fd_check(probe, theta, x, u, g, gen)
             worst_fd = max(worst_fd, rel)
-            if not rel <= 1e-4:
+            if not rel <= FD_TOL:
                 raise InvalidArtifact(
                     f"audit at width {probe.width}: the gradient u^T J v = {rhs:.6g} from the "
                     f"model's VJP disagrees with the finite difference of its forward {lhs:.6g}"
@@ -422,13 +427,16 @@ def _fd_check(probe: Probe, theta, x, u, g, gen) -> tuple[float, float, float]:
     """(relative error, finite difference, u^T J v) of the best of up to three directions v.
 
     A ReLU kink inside the step spoils a finite difference; it was seen to spoil both step
-    sizes of one direction (an honest built-in judged invalid), never several directions.
+    sizes of one direction (an honest built-in judged invalid). Gradient descent also pins
+    some training points' pre-activations at a kink (muP at width 2048 after training:
+    0.1% of (unit, point) pairs within 1e-6 of 0, none at initialisation): then every
+    direction and step crosses it, and honest errors reach 1.4e-4 (hence FD_TOL = 1e-3).
     A gradient inconsistent with the forward fails every direction.
     """
     best = (float("inf"), float("nan"), float("nan"))
     for _ in range(3):
         # drawn in float32 (2.5x faster at P = 8.5M; still a continuous random direction)
-        v = torch.randn(theta.shape, generator=gen).double()
+        v = torch.randn(theta.shape, generator=gen, dtype=torch.float32).double()
         v *= theta.norm().clamp_min(1.0) / v.norm()
         rhs = float(g @ v)
         sd = float(g.norm() * v.norm()) / math.sqrt(theta.numel()) + 1e-30
@@ -439,7 +447,7 @@ def _fd_check(probe: Probe, theta, x, u, g, gen) -> tuple[float, float, float]:
             lhs = float((u * fd).sum())
             if abs(lhs - rhs) / sd < best[0]:
                 best = (abs(lhs - rhs) / sd, lhs, rhs)
-            if best[0] <= 1e-4:
+            if best[0] <= FD_TOL:
                 return best  # further steps and directions are asked only on failure
     return best
 
@@ -619,7 +627,7 @@ def summarise(
         "exponents": "least-squares slope of log metric vs log width over widths_scored",
         "analytic_kernel": spec,
         "analytic_computed": "gap_analytic" in last,
-        "audit": "per kernel: u^T J v vs central finite difference (rel 1e-4 of its sd), "
+        "audit": f"per kernel: u^T J v vs central finite difference (rel {FD_TOL:g} of its sd), "
                  f"u1^T Theta u2 vs <J^T u1, J^T u2> (rel 1e-8), {config.audit_probes} probes",
         "subset_seed": SUBSET_SEED,
     }  # fmt: skip
