@@ -5,7 +5,7 @@ from torch import nn
 from torch.func import functional_call
 
 from dltbench.runner import score_in_process
-from dltbench.tasks.ntk import NtkTask, empirical_ntk
+from dltbench.tasks.ntk import NtkTask, empirical_ntk, empirical_ntk_layers
 
 METHODS = ["relu-ntk-d1", "relu-ntk-d2", "relu-ntk-d3", "relu-standard", "erf-ntk", "cnn-gap",
            "mup-mlp"]  # fmt: skip
@@ -57,3 +57,7 @@ class TimeEmpiricalNtk:
 
     def time_empirical_ntk(self):
         empirical_ntk(self.f, self.params, self.x, impl="jacobian")
+
+    def time_empirical_ntk_layers(self):
+        """The same kernel, nn.Linear layers in closed form (the task's path)."""
+        empirical_ntk_layers(self.net, None, self.x)

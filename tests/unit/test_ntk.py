@@ -176,17 +176,22 @@ _MEMORY_SCRIPT = """
 import resource, sys, torch
 from dltbench.api import Context
 from dltbench.tasks.ntk.family import WidthFamily
+from dltbench.tasks.ntk.kernels import empirical_ntk
 from dltbench.tasks.ntk.methods import ReluNTK1
 from dltbench.tasks.ntk.task import IOSpec, to_sphere
 torch.set_num_threads(1)
-budget = int(sys.argv[1])
+budget, path = int(sys.argv[1]), sys.argv[2]
 g = torch.Generator().manual_seed(0)
 x = to_sphere(torch.randn(1000, 1, 8, 8, generator=g, dtype=torch.float64))
 net = ReluNTK1().build(4096, IOSpec((1, 8, 8), 1), Context(0, torch.device("cpu")))
 fam = WidthFamily({4096: net}, memory=budget)
 theta = fam.init_params(4096)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-k = fam.ntk(4096, theta, x)
+if path == "task":
+    k = fam.ntk(4096, theta, x)
+else:
+    f = lambda ps, xx: fam._call(4096, ps, xx)
+    k = empirical_ntk(f, fam.split(4096, theta), x, impl=path, memory=budget)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 assert k.shape == (1000, 1000) and torch.isfinite(k).all()
 print(theta.numel(), base, peak)
@@ -194,18 +199,21 @@ print(theta.numel(), base, peak)
 
 
 @pytest.mark.slow
-def test_width_4096_mlp_on_1000_points_stays_within_4_gib():
+@pytest.mark.parametrize("path", ["task", "jacobian-loop"])
+def test_width_4096_mlp_on_1000_points_stays_within_4_gib(path):
     """The memory claim, measured: the task's one-hidden-layer ReLU MLP at width 4096 on
     1000 points in R^64 (P = 270k; its full float64 Jacobian is 2.1 GB) with a 1 GiB
-    Jacobian budget: the process's peak RSS stays under 4 GiB, and what the kernel adds to
-    it stays within 2 budgets (the task's per-sample loop builds a chunk's rows while the
-    previous chunk is held, then concatenates them), the (1000 x 1000) kernel and 25% slack.
+    budget: the process's peak RSS stays under 4 GiB, and what the kernel adds to it stays
+    within 2 budgets (the per-sample loop builds a chunk's rows while the previous chunk
+    is held, then concatenates them), the (1000 x 1000) kernel and 25% slack. ``task``:
+    the task's path (nn.Linear layers in closed form: 8.3 MB of features for 1000 points);
+    ``jacobian-loop``: the chunked Jacobian path every other parameter takes.
     Needs ~2.5 GB of free memory (on the shared 24 GB machine it was OOM-killed)."""
     import subprocess
     import sys
 
     budget = 2**30
-    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(budget)], check=True,
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(budget), path], check=True,
                          capture_output=True, text=True).stdout.split()  # fmt: skip
     p, base, peak = (int(v) for v in out)
     assert p == 64 * 4096 + 4096 and p * 1000 * 8 > budget  # the full Jacobian does not fit
@@ -236,6 +244,48 @@ def test_a_kink_in_one_direction_does_not_fail_an_honest_gradient():
     probe = _KinkedProbe()
     rel, _, _ = _fd_check(probe, theta, x, u, (x.T @ u).reshape(-1), gen)
     assert probe.calls == 6 and rel < 1e-6  # the second direction confirms the gradient
-    lying = (x.T @ u).reshape(-1) * 1.01
+    lying = (x.T @ u).reshape(-1) * 1.1
     rel, _, _ = _fd_check(_KinkedProbe(), theta, x, u, lying, gen)
-    assert rel > 1e-4  # a wrong gradient fails every direction
+    assert rel > 1e-3  # a wrong gradient fails every direction
+
+
+def test_widths_over_the_parameter_budget_are_skipped_and_recorded():
+    from dltbench.tasks.ntk.methods import ReluNTK2
+
+    # on 1x8x8 inputs relu-ntk-d2 has P = 65 w + w^2 (3104 at 32, 8256 at 64) and relu-ntk-d1
+    # P = 65 w (4160 at 64): with a budget of 5000, d2 skips 64 and d1 runs the whole grid
+    config = tiny_config(widths=(8, 16, 32, 64), steps=2, max_params=5000)
+    fam, data = family_of(ReluNTK2(), config)
+    ev = score(fam, data, config)
+    assert ev.curves["width"] == [8, 16, 32]
+    assert ev.curves["n_params"][-1] <= config.max_params < fam.n_params(64)
+    assert ev.metrics["max_width"] == 32
+    assert ev.estimator["widths_scored"] == [8, 16, 32]
+    assert ev.estimator["widths_skipped"] == [64]
+    assert ev.estimator["max_params"] == config.max_params
+    assert len(ev.curves["eval_s"]) == 3
+    fam1, _ = family_of(ReluNTK1(), config)
+    ev1 = score(fam1, data, config)
+    assert ev1.metrics["max_width"] == 64 and ev1.estimator["widths_skipped"] == []
+
+
+class _Underreports(WidthFamily):
+    def n_params(self, width):
+        return 1
+
+
+class _NoParams(WidthFamily):
+    def n_params(self, width):
+        return 0.5
+
+
+def test_too_few_widths_in_budget_or_a_wrong_parameter_count_is_invalid():
+    from dltbench.tasks.ntk.methods import ReluNTK2
+
+    config = tiny_config(widths=(8, 16, 32, 64), steps=1, max_params=2000)
+    fam, data = family_of(ReluNTK2(), config)
+    with pytest.raises(InvalidArtifact, match="at least 3"):
+        score(fam, data, config)  # only 8 and 16 fit (P = 584, 1296)
+    for cls, match in ((_Underreports, "at most"), (_NoParams, "positive integer")):
+        with pytest.raises(InvalidArtifact, match=match):
+            score(cls(fam.modules, fam.kernel), data, config)

@@ -4,6 +4,7 @@ Library use, no CLI needed::
 
     from dltbench.tasks.ntk import empirical_ntk, mlp_kernels, kernel_predictor
     theta = empirical_ntk(lambda th, x: f(th, x), theta0, x1, x2)   # (N1*K, N2*K)
+    theta = empirical_ntk_layers(module, None, x1, x2)   # nn.Linear layers in closed form
     nngp, ntk = mlp_kernels(x1, x2, depth=2, activation="relu", sigma_w=2**0.5)
 """
 
@@ -21,6 +22,7 @@ from .kernels import (
     ntk_jacobian,
     ntk_vector_products,
 )
+from .layered import empirical_ntk_layers
 from .task import IOSpec, NtkConfig, NtkMethod, NtkTask, audit_kernel
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "check_spec",
     "cntk_gap",
     "empirical_ntk",
+    "empirical_ntk_layers",
     "kernel_predictor",
     "loglog_slope",
     "mlp_kernels",

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .kernels import DEFAULT_MEMORY, empirical_ntk
+from .kernels import DEFAULT_MEMORY
+from .layered import empirical_ntk_layers
 
 
 class WidthFamily:
@@ -72,14 +73,10 @@ class WidthFamily:
     def ntk(
         self, width: int, theta: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Empirical NTK (N1*K, N2*K) at ``theta`` by :func:`empirical_ntk` (``auto-loop``:
-        a worker process lives for one cell, and torch.func's first use would cost it more,
+        """Empirical NTK (N1*K, N2*K) at ``theta`` by :func:`empirical_ntk_layers`: nn.Linear
+        layers in closed form, other parameters by ``empirical_ntk(impl="auto-loop")`` (a
+        worker process lives for one cell, and torch.func's first use would cost it more,
         importing torch._dynamo, than its vectorisation saves at these sizes)."""
-        return empirical_ntk(
-            lambda ps, x: self._call(width, ps, x),
-            self.split(width, theta),
-            x1,
-            x2,
-            impl="auto-loop",
-            memory=self.memory,
-        )
+        names = [n for n, _ in self._params(width)]
+        params = dict(zip(names, self.split(width, theta), strict=True))
+        return empirical_ntk_layers(self._module(width), params, x1, x2, memory=self.memory)

@@ -89,9 +89,9 @@ def _contract(j1: list[torch.Tensor], j2: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _rows(n_points: int, n_out: int, n_params: int, itemsize: int, memory: int) -> int:
-    """Points per chunk so that two chunk Jacobians fit in ``memory`` bytes."""
-    return max(1, min(n_points, memory // max(1, 2 * n_out * n_params * itemsize)))
+def _rows(n_points: int, row_bytes: int, memory: int) -> int:
+    """Points per chunk so that two chunks of ``row_bytes`` per point fit in ``memory``."""
+    return max(1, min(n_points, memory // max(1, 2 * row_bytes)))
 
 
 def _n_out(f: Model, params: Params, x: torch.Tensor) -> int:
@@ -120,26 +120,42 @@ def ntk_jacobian(
     """
     params = _as_params(params)
     jacobian = _jacobian_loop if loop else _jacobian
-    sym = x2 is None
-    x2 = x1 if sym else x2
     k = _n_out(f, params, x1)
     p = sum(t.numel() for t in params)
-    ref = params[0]
-    row_bytes = k * p * ref.element_size()
-    rows = rows1 = _rows(max(len(x1), len(x2)), k, p, ref.element_size(), memory)
+    return _chunk_plan(
+        lambda x: jacobian(f, params, x), _contract, x1, x2, k,
+        k * p * params[0].element_size(), memory,
+    )  # fmt: skip
+
+
+def _chunk_plan(
+    features: Callable[[torch.Tensor], object],
+    contract: Callable[[object, object], torch.Tensor],
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    k: int,
+    row_bytes: int,
+    memory: int,
+) -> torch.Tensor:
+    """The (N1*K, N2*K) kernel ``contract(features(x1 chunk), features(x2 chunk))`` blockwise,
+    holding about ``memory`` bytes of features (``row_bytes`` per point); see
+    :func:`ntk_jacobian` for the plan (shared with the layer-wise closed form)."""
+    sym = x2 is None
+    x2 = x1 if sym else x2
+    rows = rows1 = _rows(max(len(x1), len(x2)), row_bytes, memory)
     if sym and len(x1) * row_bytes <= memory:
         rows = rows1 = len(x1)  # one Jacobian, contracted with itself
     elif not sym and rows < len(x2) and (len(x2) + 1) * row_bytes <= memory:
         # x2's whole Jacobian fits with room for some x1 rows: keep it, chunk x1 only
         rows, rows1 = len(x2), min(len(x1), (memory - len(x2) * row_bytes) // row_bytes)
-    out = torch.empty(len(x1) * k, len(x2) * k, dtype=ref.dtype, device=ref.device)
+    out = None
     chunks1 = [(i, min(i + rows1, len(x1))) for i in range(0, len(x1), rows1)]
     chunks2 = [(j, min(j + rows, len(x2))) for j in range(0, len(x2), rows)]
     cache2 = None
     if len(chunks2) == 1 and not (sym and len(chunks1) == 1):
-        cache2 = jacobian(f, params, x2)
+        cache2 = features(x2)
     for a, b in chunks1:
-        j1 = jacobian(f, params, x1[a:b])
+        j1 = features(x1[a:b])
         for c, d in chunks2:
             if sym and c < a:
                 continue
@@ -148,8 +164,10 @@ def ntk_jacobian(
             elif cache2 is not None:
                 j2 = cache2
             else:
-                j2 = jacobian(f, params, x2[c:d])
-            block = _contract(j1, j2)
+                j2 = features(x2[c:d])
+            block = contract(j1, j2)
+            if out is None:
+                out = torch.empty(len(x1) * k, len(x2) * k, dtype=block.dtype, device=block.device)
             out[a * k : b * k, c * k : d * k] = block
             if sym and c > a:
                 out[c * k : d * k, a * k : b * k] = block.T

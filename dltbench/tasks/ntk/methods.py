@@ -16,6 +16,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from ...api import Context
 from ...registry import register_method
@@ -24,8 +25,23 @@ from .task import IOSpec, NtkMethod
 _ACTS = {"relu": torch.relu, "erf": torch.erf}
 
 
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """An nn.Linear holding ``weight`` (out, in) and ``bias``: the layer kind whose NTK the
+    harness computes in closed form (:mod:`~dltbench.tasks.ntk.layered`)."""
+    layer = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None)
+    layer.weight = nn.Parameter(weight)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias)
+    return layer
+
+
 class NTKMLP(nn.Module):
-    """MLP in NTK parameterisation: ``depth`` hidden layers of ``width`` units."""
+    """MLP in NTK parameterisation: ``depth`` hidden layers of ``width`` units.
+
+    Layer l computes ``sigma_w W a / sqrt(fan_in) + sigma_b b`` with raw W, b ~ N(0, 1),
+    written as ``c * Linear(a * sigma_w / (sqrt(fan_in) c))`` with ``c = sigma_b`` (1
+    without biases): the same function of the same raw parameters, as nn.Linear layers.
+    """
 
     def __init__(
         self, d: int, width: int, k: int, depth: int, act: str, sigma_w: float,
@@ -34,22 +50,23 @@ class NTKMLP(nn.Module):
         super().__init__()
         sizes = [d] + [width] * depth + [k]
         self.act, self.sigma_w, self.sigma_b = act, sigma_w, sigma_b
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(o, i, generator=generator))
-            for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+        # Drawn in this order (all weights, then all biases) since version 1.
+        weights = [torch.randn(o, i, generator=generator)
+                   for i, o in zip(sizes[:-1], sizes[1:], strict=True)]  # fmt: skip
+        biases = [torch.randn(o, generator=generator) for o in sizes[1:]] if sigma_b > 0 else None
+        self.layers = nn.ModuleList(
+            _linear(w, None if biases is None else biases[i]) for i, w in enumerate(weights)
         )
-        self.biases = nn.ParameterList(
-            nn.Parameter(torch.randn(o, generator=generator)) for o in sizes[1:]
-        ) if sigma_b > 0 else None  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (N, K)."""
         h = x.flatten(1)
-        last = len(self.weights) - 1
-        for i, w in enumerate(self.weights):
-            h = self.sigma_w * h @ w.T / math.sqrt(w.shape[1])
-            if self.biases is not None:
-                h = h + self.sigma_b * self.biases[i]
+        last = len(self.layers) - 1
+        c = self.sigma_b if self.sigma_b > 0 else 1.0
+        for i, layer in enumerate(self.layers):
+            h = layer(h * (self.sigma_w / (math.sqrt(layer.in_features) * c)))
+            if c != 1.0:
+                h = c * h
             if i < last:
                 h = _ACTS[self.act](h)
         return h
@@ -62,19 +79,19 @@ class MuPMLP(nn.Module):
         super().__init__()
         self.width = width
         g = generator
-        self.inp = nn.Parameter(torch.randn(width, d, generator=g) * math.sqrt(2.0 / (width * d)))
-        self.hidden = nn.ParameterList(
-            nn.Parameter(torch.randn(width, width, generator=g) * math.sqrt(2.0 / width))
+        self.inp = _linear(torch.randn(width, d, generator=g) * math.sqrt(2.0 / (width * d)))
+        self.hidden = nn.ModuleList(
+            _linear(torch.randn(width, width, generator=g) * math.sqrt(2.0 / width))
             for _ in range(depth - 1)
         )
-        self.out = nn.Parameter(torch.randn(k, width, generator=g) / math.sqrt(width))
+        self.out = _linear(torch.randn(k, width, generator=g) / math.sqrt(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, ...) -> (N, K)."""
-        h = torch.relu(math.sqrt(self.width) * x.flatten(1) @ self.inp.T)
-        for w in self.hidden:
-            h = torch.relu(h @ w.T)
-        return h @ self.out.T / math.sqrt(self.width)
+        """(N, ...) -> (N, K): multipliers sqrt(n) on the input, 1/sqrt(n) on the readout."""
+        h = torch.relu(self.inp(math.sqrt(self.width) * x.flatten(1)))
+        for layer in self.hidden:
+            h = torch.relu(layer(h))
+        return self.out(h / math.sqrt(self.width))
 
 
 class CNNGAP(nn.Module):
@@ -86,7 +103,7 @@ class CNNGAP(nn.Module):
         c = in_shape[0]
         self.in_shape, self.sigma_w = tuple(in_shape), sigma_w
         self.conv = nn.Parameter(torch.randn(width, c, 3, 3, generator=generator))
-        self.out = nn.Parameter(torch.randn(k, width, generator=generator))
+        self.out = _linear(torch.randn(k, width, generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, K)."""
@@ -96,7 +113,7 @@ class CNNGAP(nn.Module):
             self.sigma_w * nn.functional.conv2d(x, self.conv, padding=1) / math.sqrt(fan)
         )
         pooled = h.mean(dim=(2, 3))
-        return self.sigma_w * pooled @ self.out.T / math.sqrt(self.out.shape[1])
+        return self.out(pooled * (self.sigma_w / math.sqrt(self.out.in_features)))
 
 
 def _d(io: IOSpec) -> int:
