@@ -186,12 +186,13 @@ def _enc(o: Any, buffers: list) -> Any:
     raise TypeError(f"a {type(o).__name__} cannot cross the plugin boundary")
 
 
-def encode(obj: Any) -> bytes:
-    """Plain data (and tensors) as one frame: 4-byte header length, JSON header, raw buffers."""
+def encode(obj: Any, tag: bytes = b"") -> bytes:
+    """Plain data (and tensors) as one frame: 4-byte header length, JSON header, raw buffers,
+    after ``tag`` (the transport's frame tag, joined here: one copy of a large tensor, not two)."""
     buffers: list = []
     v = _enc(obj, buffers)
     header = _JSON.encode({"v": v, "sizes": [len(b) for b in buffers]}).encode()
-    return b"".join([struct.pack("<I", len(header)), header, *buffers])
+    return b"".join([tag, struct.pack("<I", len(header)), header, *buffers])
 
 
 def decode(frame: bytes | memoryview, refs: bool = False) -> Any:
@@ -395,10 +396,10 @@ class Endpoint:
         # codec is ~4x faster than pickling tensors; only the harness may send pickles
         # (configs, dataclasses of the training view), and only the worker accepts them.
         if self.trusted_peer:  # worker -> harness: plain data only
-            self.conn.send_bytes(b"E" + encode(list(msg)))
+            self.conn.send_bytes(encode(list(msg), b"E"))
             return
         try:
-            frame = b"E" + encode(list(msg))
+            frame = encode(list(msg), b"E")
         except TypeError:
             buf = io.BytesIO()
             _CompactPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(msg)
