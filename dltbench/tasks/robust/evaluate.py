@@ -37,7 +37,7 @@ from .threat import COUNT_NORMS, budget_bound, check_norm, label_rank, lp_norm
 BUDGET_TOL = 1e-5
 
 Attack = Callable[..., torch.Tensor]  # (model, x, y, eps, norm, generator) -> x_adv
-GRADIENT_FREE = frozenset({"square", "sparse-rs"})
+GRADIENT_FREE = frozenset({"square", "sparse-rs", "eot-square"})
 #: Random-window restarts of each PGD-patch attack of the patch ensemble.
 PATCH_RESTARTS = 10
 
@@ -257,17 +257,20 @@ def robust_accuracy(
 
 
 def masking_flags(
-    result: RobustResult | None,
+    gradient_free_gain: float | None,
     eps_curve: Mapping[float, float],
     large_eps_accuracy: float | None,
     eps: float,
-    square_only_threshold: float = 0.02,
+    gradient_free_threshold: float = 0.02,
     norm: str = "linf",
 ) -> list[str]:
     """Signs of gradient masking (Athalye et al. 2018; Carlini et al. 2019), as short flag strings.
 
-    - ``gradient-free-beats-gradient``: the gradient-free attacks alone break at least
-      ``square_only_threshold`` of the points on which every gradient attack failed;
+    - ``gradient-free-beats-gradient``: the gradient-free attacks (``GRADIENT_FREE``) take
+      at least ``gradient_free_threshold`` of accuracy that every gradient attack left:
+      ``gradient_free_gain`` is the fraction of points only they broke (digital rows), or
+      the expected accuracy the gradient attacks together leave minus the one the
+      gradient-free attack leaves (physical rows);
     - ``no-decrease-with-eps``: the robust accuracy at the largest eps of ``eps_curve``
       is not below the one at ``eps`` (while that is at least 0.05), or rises by more
       than 0.01 between two consecutive eps;
@@ -275,11 +278,11 @@ def masking_flags(
 
     For ``norm`` "l0" the first check is not made: random search beats PGD-l0 on
     undefended models too (Croce et al. 2022), so it says nothing about masking there.
-    A check whose input is None (no ensemble result, no large-eps run) is not made.
+    A check whose input is None (no gradient-free attack ran, no large-eps run) is not made.
     """
     flags = []
-    square_only = result.only_broken_by(GRADIENT_FREE) if result is not None else []
-    if norm != "l0" and len(square_only) and square_only.mean() >= square_only_threshold:
+    gain = gradient_free_gain
+    if norm != "l0" and gain is not None and gain >= gradient_free_threshold:
         flags.append("gradient-free-beats-gradient")
     curve = sorted(eps_curve.items())
     at = dict(curve).get(eps)

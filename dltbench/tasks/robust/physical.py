@@ -290,8 +290,6 @@ def eot_square(
 #: Draws of t per point and step (query) of the ensemble's attacks, from the attack's
 #: generator (the harness's ensemble: a stream of the evaluation that is not the world's).
 EOT_SAMPLES = 8
-#: The physical ensemble's attacks that use no input gradient.
-GRADIENT_FREE_PHYSICAL = frozenset({"eot-square"})
 
 
 def physical_ensemble(steps: int, queries: int, samples: int = EOT_SAMPLES) -> dict:
