@@ -664,7 +664,7 @@ def _run_with_progress(
 def _first_line(text: str | None, limit: int = 300) -> str:
     """The first line of an error, shortened and with rich markup escaped: a plugin's error
     text must not restyle or fake the console's output."""
-    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    line = leaderboard.first_line(text)
     return escape(line[:limit] + ("..." if len(line) > limit else ""))
 
 

@@ -113,7 +113,7 @@ def _exclude_invalid(task: Task, df: pd.DataFrame, records: list[Result]) -> pd.
         key = (recs[0].method, recs[0].profile, json.dumps(recs[0].setting, sort_keys=True))
         version = _version_key(recs[0])
         phrases = [
-            f"seed {r.seed} invalid: {_first_line(r.error)} (record {r.id})"
+            f"seed {r.seed} invalid: {first_line(r.error)} (record {r.id})"
             for r in sorted(invalid, key=lambda r: r.seed)
             if (r.method, r.profile, json.dumps(r.setting, sort_keys=True)) == key
             and _version_key(r) == version
@@ -137,7 +137,8 @@ def _exclude_invalid(task: Task, df: pd.DataFrame, records: list[Result]) -> pd.
     return df
 
 
-def _first_line(text: str | None) -> str:
+def first_line(text: str | None) -> str:
+    """The first line of an error text ("" for none): what a board or a console shows of it."""
     lines = (text or "").strip().splitlines()
     return lines[0] if lines else ""
 
