@@ -111,6 +111,21 @@ def test_codec_vs_pickle_on_a_sampler_message(benchmark):
           f"ratio {t_codec / t_pickle:.2f}x")  # fmt: skip
 
 
+def test_frame_tag_joined_vs_prepended_on_ntk_theta(benchmark):
+    """A 67 MB frame (ntk's float64 theta at width 2048, P = 8.4M): the transport's tag joined
+    into the frame (what ``Endpoint`` sends) against prepending it to an encoded frame (what
+    it sent before: a second copy of the whole buffer), in one run, as a ratio."""
+    msg = ["rep", torch.randn(8_400_000, dtype=torch.float64)]
+    t_prepended = min(timeit.repeat(lambda: b"E" + encode(msg), number=1, repeat=5))
+    frame = benchmark.pedantic(lambda: encode(msg, b"E"), rounds=5, iterations=1)
+    assert frame == b"E" + encode(msg)  # the same bytes on the wire
+    t_joined = benchmark.stats.stats.min
+    benchmark.extra_info.update(joined_s=t_joined, prepended_s=t_prepended,
+                                ratio=t_joined / t_prepended)  # fmt: skip
+    print(f"\n67 MB frame: joined {1000 * t_joined:.1f} ms, prepended {1000 * t_prepended:.1f} ms, "
+          f"ratio {t_joined / t_prepended:.2f}x")  # fmt: skip
+
+
 def _first_answer(plugin: PluginProcess) -> None:
     plugin.request("init", {"task": "certified", "method": "bench-fixed-mlp", "seed": 0,
                             "device": "cpu", "plugin_files": [str(PLUGIN)]})  # fmt: skip
